@@ -1,0 +1,93 @@
+"""Atomic result files: a kill at any moment leaves either the old file or the new one.
+
+Every result file is written to a temporary file in the same directory, flushed to disk,
+then moved over the target with `os.replace` (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success move it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN/Infinity: store non-finite floats as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(_finite_or_none(obj), indent=2, sort_keys=False, default=_json_default)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, dumps_json(obj) + "\n")
+
+
+def write_csv(
+    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]
+) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fieldnames})
+    write_text(path, buf.getvalue())
+
+
+def savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically (the format comes from the target's suffix)."""
+    path = Path(path)
+    kwargs.setdefault("format", path.suffix.lstrip("."))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)

@@ -1,0 +1,1 @@
+"""Sub-commands of the `optimlab` CLI, one module each (see `optimlab.cli`)."""

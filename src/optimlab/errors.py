@@ -1,0 +1,18 @@
+"""The two kinds of failure a user can meet, and the exit codes they map to.
+
+`UsageError` (exit 2): the command was asked for something invalid; fix the input.
+`RunError` (exit 1): valid input, but the work could not be done (storage unreachable,
+corrupted file, ...). Both carry a one-line message meant for a person.
+"""
+
+
+class OptimlabError(Exception):
+    exit_code = 1
+
+
+class UsageError(OptimlabError, ValueError):
+    exit_code = 2
+
+
+class RunError(OptimlabError, RuntimeError):
+    exit_code = 1
