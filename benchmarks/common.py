@@ -17,7 +17,9 @@ from optimlab.atomic import write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def time_call(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3, min_time: float = 0.0) -> float:
+def time_call(
+    fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3, min_time: float = 0.0
+) -> float:
     """Median seconds per call of `fn` over `repeats` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()

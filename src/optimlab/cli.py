@@ -21,7 +21,6 @@ from optimlab import __version__
 from optimlab.errors import OptimlabError
 
 
-
 def _command_modules() -> list:
     import optimlab.commands as package
 
@@ -46,9 +45,7 @@ def build_parser() -> ArgumentParser:
         description="A laboratory for PyTorch optimizers.",
     )
     parser.add_argument("--version", action="version", version=f"optimlab {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show the full traceback on errors"
-    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=ArgumentParser
     )

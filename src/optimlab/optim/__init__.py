@@ -1,9 +1,9 @@
 """Optimizers written from scratch as `torch.optim.Optimizer` subclasses, and their registry.
 
-    >>> import optimlab.optim as oo
-    >>> opt = oo.create("adam", model.parameters(), lr=1e-3)
-    >>> oo.available()
-    ['adagrad', 'adam', 'adamw', 'rmsprop', 'sgd']
+>>> import optimlab.optim as oo
+>>> opt = oo.create("adam", model.parameters(), lr=1e-3)
+>>> oo.available()
+['adagrad', 'adam', 'adamw', 'rmsprop', 'sgd']
 """
 
 from __future__ import annotations

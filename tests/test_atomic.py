@@ -1,0 +1,37 @@
+import json
+import os
+
+import pytest
+
+from optimlab import atomic
+
+
+def test_write_json_replaces_whole_file_and_stores_nonfinite_as_null(tmp_path):
+    path = tmp_path / "sub" / "result.json"
+    atomic.write_json(path, {"a": 1.5, "nan": float("nan"), "inf": [float("inf"), 2]})
+    assert json.loads(path.read_text()) == {"a": 1.5, "nan": None, "inf": [None, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+
+
+def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "result.txt"
+    atomic.write_text(path, "old")
+    with pytest.raises(RuntimeError), atomic.atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["result.txt"]
+
+
+def test_write_csv_blank_for_none(tmp_path):
+    path = tmp_path / "rows.csv"
+    atomic.write_csv(path, [{"a": 1, "b": None}, {"a": 2, "b": "x", "c": "ignored"}], ["a", "b"])
+    assert path.read_text().splitlines() == ["a,b", "1,", "2,x"]
+
+
+def test_result_files_get_ordinary_permissions(tmp_path):
+    path = tmp_path / "r.json"
+    atomic.write_json(path, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
