@@ -3,7 +3,7 @@
 >>> import optimlab.optim as oo
 >>> opt = oo.create("adam", model.parameters(), lr=1e-3)
 >>> oo.available()
-['adagrad', 'adam', 'adamw', 'rmsprop', 'sgd']
+['adagrad', 'adam', 'adamw', 'dynamic_adam', 'rmsprop', 'sgd']
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from optimlab.errors import UsageError
 from optimlab.optim.adagrad import Adagrad
 from optimlab.optim.adam import Adam
 from optimlab.optim.adamw import AdamW
+from optimlab.optim.dynamic_adam import DynamicAdam
 from optimlab.optim.rmsprop import RMSprop
 from optimlab.optim.sgd import SGD
 
@@ -25,6 +26,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "rmsprop": RMSprop,
     "adam": Adam,
     "adamw": AdamW,
+    "dynamic_adam": DynamicAdam,
 }
 
 
@@ -48,4 +50,15 @@ def create(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimi
     return get(name)(params, **hyperparameters)
 
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "OPTIMIZERS", "available", "get", "create"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "DynamicAdam",
+    "OPTIMIZERS",
+    "available",
+    "get",
+    "create",
+]
