@@ -1,0 +1,94 @@
+"""Storage URLs: accepted schemes, masked passwords, embedded stores, dead workers' trials."""
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optimlab import storage
+from optimlab.errors import RunError, UsageError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize(
+    "url, kind",
+    [
+        ("sqlite:///study.db", "sqlite"),
+        ("sqlite:////tmp/abs.db", "sqlite"),
+        ("journal:///runs/x/study.journal", "journal"),
+        ("postgresql://user:pw@host:5432/db", "postgresql"),
+        ("postgresql+psycopg2://user@host/db", "postgresql"),
+    ],
+)
+def test_accepted_schemes(url, kind):
+    assert storage.scheme_of(url) == kind
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://u:secret@h/db", "redis://h", "study.db", "sqlite://", "journal:///", "http://x"],
+)
+def test_other_schemes_are_one_line_usage_errors_without_password(url):
+    with pytest.raises(UsageError) as exc:
+        storage.scheme_of(url)
+    message = str(exc.value)
+    assert "\n" not in message and "secret" not in message
+
+
+def test_mask_url():
+    assert storage.mask_url("postgresql://me:s3cr%40t@h:5432/db") == "postgresql://me:***@h:5432/db"
+    assert storage.mask_url("postgresql://h/db?user=me&password=pw") == (
+        "postgresql://h/db?user=me&password=***"
+    )
+    assert storage.mask_url("postgresql://me@h/db") == "postgresql://me@h/db"
+    assert storage.mask_url("sqlite:///a/b.db") == "sqlite:///a/b.db"
+
+
+def test_file_path_follows_sqlalchemy_convention():
+    assert str(storage.file_path("sqlite:///rel/x.db")) == "rel/x.db"
+    assert str(storage.file_path("journal:////abs/x.log")) == "/abs/x.log"
+    assert storage.file_path("postgresql://h/db") is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_embedded_stores_persist_trials(tmp_path, kind):
+    url = f"{kind}:///{tmp_path}/store"
+    study = optuna.create_study(storage=storage.open_storage(url), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    again = optuna.load_study(storage=storage.open_storage(url), study_name="s")
+    assert [t.value for t in again.trials] == [t.value for t in study.trials]
+
+
+def test_default_store():
+    assert storage.default_url("/r", processes=1) == "sqlite:////r/study.db"
+    assert storage.default_url("/r", processes=2) == "journal:////r/study.journal"
+
+
+def test_unreachable_server_error_never_shows_the_password():
+    url = "postgresql://me:hunter2@127.0.0.1:1/db?connect_timeout=2"
+    with pytest.raises(RunError) as exc:
+        storage.open_storage(url)
+    message = str(exc.value)
+    assert "hunter2" not in message and "me:***@127.0.0.1" in message and "\n" not in message
+
+
+def test_trials_of_dead_processes_are_reclaimed(tmp_path):
+    study = optuna.create_study(storage=storage.open_storage(f"sqlite:///{tmp_path}/s.db"))
+    dead_id = subprocess.run(
+        [sys.executable, "-c", "from optimlab.storage import worker_id; print(worker_id())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dead = study.ask()
+    dead.set_user_attr(storage.WORKER_ATTR, dead_id)
+    alive = study.ask()
+    alive.set_user_attr(storage.WORKER_ATTR, storage.worker_id())
+    elsewhere = study.ask()
+    elsewhere.set_user_attr(storage.WORKER_ATTR, "another-host:1:1")
+    assert storage.reclaim_dead_trials(study) == 1
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
