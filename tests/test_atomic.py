@@ -35,3 +35,17 @@ def test_result_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("bad", ["/proc/optimlab-x", "/etc/passwd", "/etc/passwd/sub"])
+def test_ensure_output_dir_rejects_unwritable_paths_with_one_line(bad):
+    from optimlab.errors import UsageError
+
+    with pytest.raises(UsageError) as exc:
+        atomic.ensure_output_dir(bad)
+    assert "\n" not in str(exc.value) and bad in str(exc.value)
+
+
+def test_ensure_output_dir_creates_and_leaves_no_probe(tmp_path):
+    out = atomic.ensure_output_dir(tmp_path / "a" / "b")
+    assert out.is_dir() and list(out.iterdir()) == []

@@ -95,3 +95,25 @@ def savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
     kwargs.setdefault("format", path.suffix.lstrip("."))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **kwargs)
+
+
+def ensure_output_dir(path: str | os.PathLike, *, what: str = "output directory") -> Path:
+    """Create `path` if needed and check that files can be written there, before any work.
+
+    Raises UsageError with a one-line message otherwise (a file in the way, no permission, a
+    read-only or virtual file system), so a command fails in its first second, not after
+    hours of compute.
+    """
+    from optimlab.errors import UsageError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {str(path)!r} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {str(path)!r} is not writable: {exc.strerror}") from None
+    return path
