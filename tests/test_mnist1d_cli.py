@@ -69,6 +69,11 @@ def test_reference_variant_is_labelled(cache, capsys):
         (["--optimizer", "adam", "--lr", "1e-3", "--gate-lr", "1e-3"], "gate_lr applies only"),
         (["--optimizer", "adam", "--lr", "1e-3", "--momentum", "0.5"], "momentum applies only"),
         (["--optimizer", "adam", "--lr", "1e-3", "--device", "tpu"], "device must be"),
+        (
+            ["--optimizer", "adam", "--lr", "1e-2", "--val-fraction", "0.9999"],
+            "--val-fraction",
+        ),
+        (["--optimizer", "adam", "--lr", "1e-3", "--checkpoint", "/"], "is a directory"),
     ],
 )
 def test_conflicting_options_are_usage_errors(cache, capsys, extra, message):
@@ -89,6 +94,9 @@ def test_conflicting_options_are_usage_errors(cache, capsys, extra, message):
         ["--optimizer", "adam", "--lr", "1e-3", "--epochs", "0"],
         ["--optimizer", "adam", "--lr", "1e-3", "--model", "rnn"],
         ["--optimizer", "sgd", "--lr", "1e-3", "--momentum", "1"],
+        ["--optimizer", "adam", "--lr", "1e-3", "--seed", "18446744073709551616"],
+        ["--optimizer", "adam", "--lr", "1e-3", "--seed", str(2**32)],
+        ["--optimizer", "adam", "--lr", "1e-3", "--split-seed", "-1"],
     ],
 )
 def test_bad_values_are_one_line_errors(capsys, extra):
@@ -103,6 +111,37 @@ def test_cuda_without_cuda_is_a_usage_error(cache, capsys):
     code = main(["train", "--optimizer", "adam", "--lr", "1e-3", "--device", "cuda",
                  "--cache-dir", cache])  # fmt: skip
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, path, message",
+    [
+        ("--cache-dir", "/proc/optimlab-test", "cache directory '/proc/optimlab-test' is not"),
+        ("--cache-dir", "/etc/passwd", "exists and is not a directory"),
+        ("--checkpoint", "/proc/optimlab-test/run.pt", "checkpoint directory '/proc/optimlab"),
+        ("--checkpoint", "/etc/passwd/run.pt", "exists and is not a directory"),
+    ],
+)
+def test_unusable_paths_fail_before_any_work(cache, monkeypatch, capsys, option, path, message):
+    import optimlab.mnist1d.data
+    import optimlab.mnist1d.train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(optimlab.mnist1d.data, "load_mnist1d", no_work)
+    monkeypatch.setattr(optimlab.mnist1d.train, "train", no_work)
+    cache_dir = [] if option == "--cache-dir" else ["--cache-dir", cache]
+    code = main(["train", "--optimizer", "adam", "--lr", "1e-3", option, path, *cache_dir])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_the_largest_seed_trains(cache):
+    assert main(["train", "--optimizer", "adam", "--lr", "1e-3", "--epochs", "1",
+                 "--seed", str(2**32 - 1), "--split-seed", str(2**32 - 1),
+                 "--cache-dir", cache, "--json"]) == 0  # fmt: skip
 
 
 def test_usage_error_from_the_shell_has_no_traceback():

@@ -75,7 +75,7 @@ def test_cache_is_reused(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "damage", ["truncate", "garbage", "tampered", "wrong_shape", "no_checksum"]
+    "damage", ["truncate", "garbage", "changed_value", "wrong_shape", "no_checksum"]
 )
 def test_corrupt_cache_is_regenerated(tmp_path, monkeypatch, damage):
     monkeypatch.setattr(data_module, "generate_mnist1d", lambda: fake_arrays(1.0))
@@ -86,7 +86,7 @@ def test_corrupt_cache_is_regenerated(tmp_path, monkeypatch, damage):
         path.write_bytes(path.read_bytes()[:500])
     elif damage == "garbage":
         path.write_bytes(b"not a zip file at all")
-    elif damage == "tampered":  # one value changed, the stored checksum kept
+    elif damage == "changed_value":  # one value changed (say, a flipped bit), checksum kept
         bad = fake_arrays(1.0)
         bad["x"][0, 0] = 2.0
         np.savez(path, **bad, sha256=np.array(data_module.checksum(good)))
@@ -151,3 +151,20 @@ def test_without_test_withholds_the_test_set(mnist1d):
 def test_bad_val_fraction(fraction):
     with pytest.raises(UsageError, match="val_fraction"):
         stratified_split(np.arange(100) % 10, fraction, 0)
+
+
+@pytest.mark.parametrize("fraction", [0.9999, 0.999])
+def test_a_split_that_leaves_a_class_without_training_examples_is_refused(mnist1d, fraction):
+    # 4000 examples of about 400 per class: 0.9999 sends every example to validation, 0.999
+    # all of at least one class
+    with pytest.raises(UsageError, match=r"--val-fraction.*no training example") as info:
+        make_splits(mnist1d, val_fraction=fraction)
+    assert "\n" not in str(info.value)
+
+
+def test_a_class_keeps_its_last_training_example():
+    labels = np.repeat(np.arange(3), 10)
+    train, val = stratified_split(labels, 0.9, 0)  # 9 of each 10 to validation
+    assert np.bincount(labels[train]).tolist() == [1, 1, 1] and len(val) == 27
+    with pytest.raises(UsageError, match="class 0 no training example"):
+        stratified_split(labels, 0.96, 0)

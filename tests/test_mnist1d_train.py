@@ -220,6 +220,12 @@ def test_invalid_config_is_a_usage_error(splits, changes, message):
         train(config, splits)
 
 
+def test_an_empty_training_split_is_a_usage_error(splits):
+    empty = replace(splits, x_train=splits.x_train[:0], y_train=splits.y_train[:0])
+    with pytest.raises(UsageError, match="training split is empty.*--val-fraction"):
+        train(TrainConfig("adam", lr=1e-3, epochs=1), empty)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_cuda_is_a_usage_error(splits):
     with pytest.raises(UsageError, match="CUDA is not available"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from optimlab.report.verdict import verdict
+from optimlab.report.verdict import LEAK_RATIO, PROTOCOL, rules, verdict
 from optimlab.stats import mean_ci, welch
 
 CLAIM = {"dynamic_adam_val_loss": 0.238, "adam_val_loss": 1.103, "mnist1d_mlp_test_accuracy": 0.68}
@@ -56,7 +56,8 @@ def entry(val, test, acc=0.6):
     }
 
 
-def summary(**entries):
+def summary(budget=None, **entries):
+    """A summary.json of the given entries; the claim's protocol as budget unless given."""
     for name, e in entries.items():
         test = e.pop("_test")
         if name == "adam":
@@ -64,7 +65,7 @@ def summary(**entries):
         else:
             c = welch(test, ADAM_TEST)
             e["vs_adam"] = {"test_loss": c.to_dict() if c else None}
-    return {"claim": CLAIM, "optimizers": entries}
+    return {"claim": CLAIM, "budget": budget or dict(PROTOCOL), "optimizers": entries}
 
 
 ADAM_TEST = [1.10, 1.12, 1.08, 1.11, 1.09]
@@ -103,6 +104,7 @@ def test_verdict_changes_when_the_numbers_do():
         "test_loss_better_than_adam": True,
         "published_validation_leak": False,
         "published_test_loss_better_than_adam": True,
+        "claim_protocol_budget": True,
     }
     assert v.headline.startswith("The claim holds")
 
@@ -120,3 +122,94 @@ def test_verdict_reproduced_validation_without_test_gain():
 def test_verdict_needs_both_adam_and_dynamic_adam():
     s = summary(adam=entry(**ADAM))
     assert verdict(s).headline.startswith("Not decidable")
+
+
+def holding_claim(budget=None):
+    """A run in which the claim holds, at the given budget."""
+    return summary(
+        budget,
+        adam=entry(**ADAM),
+        dynamic_adam=entry([0.24, 0.23, 0.25, 0.22, 0.24], [0.50, 0.52, 0.49, 0.51, 0.50]),
+    )
+
+
+def test_a_reduced_budget_is_said_first_in_the_headline():
+    v = verdict(holding_claim({"trials": 4, "epochs": 3, "seeds": 2}))
+    assert v.headline.startswith(
+        "Under a reduced budget (3 epochs instead of 25, 4 tuning trials instead of 20, 2 final "
+        "seeds instead of at least 5), this run is not a test of the claim's protocol. Within "
+        "this budget, the claim holds:"
+    )
+    assert v.flags["claim_protocol_budget"] is False
+    # one departure is enough, and only the departures are listed
+    one = verdict(holding_claim({"trials": 20, "epochs": 25, "seeds": 3})).headline
+    assert one.startswith("Under a reduced budget (3 final seeds instead of at least 5), ")
+    fewer = verdict(holding_claim({"trials": 4, "epochs": 3, "seeds": 8})).headline
+    assert fewer.startswith("Under a reduced budget (3 epochs instead of 25, 4 tuning trials ")
+    more = verdict(holding_claim({"trials": 50, "epochs": 25, "seeds": 10})).headline
+    assert more.startswith("Under a budget other than the claim's protocol (50 tuning trials ")
+    # the claim's protocol, and more seeds than it asks for, are a test of it
+    for budget in [dict(PROTOCOL), {**PROTOCOL, "seeds": 8}]:
+        v = verdict(holding_claim(budget))
+        assert v.headline.startswith("The claim holds") and v.flags["claim_protocol_budget"]
+
+
+def test_an_undecidable_run_under_a_reduced_budget_says_both():
+    v = verdict(summary({"trials": 4, "epochs": 3, "seeds": 1}, adam=entry(**ADAM)))
+    assert v.headline.startswith("Under a reduced budget (3 epochs instead of 25, ")
+    assert "Not decidable from this run" in v.headline
+
+
+def published(val_over_test, test=1.2):
+    """dynamic_adam_published entries whose validation loss is `val_over_test` x its test."""
+    tests = [test + d for d in (0.0, 0.01, -0.01, 0.02, -0.02)]
+    return entry([val_over_test * x for x in tests], tests)
+
+
+def with_published(adam_val_over_test, val_over_test):
+    adam_test = [1.10, 1.12, 1.08, 1.11, 1.09]
+    return summary(
+        adam=entry([adam_val_over_test * x for x in adam_test], adam_test),
+        dynamic_adam=entry([1.09, 1.11, 1.08, 1.10, 1.12], [1.10, 1.11, 1.09, 1.12, 1.08]),
+        dynamic_adam_published=published(val_over_test),
+    )
+
+
+@pytest.mark.parametrize(
+    ("adam_ratio", "published_ratio", "leak"),
+    [
+        (1.03, 0.70, True),  # a 3-epoch run's leak: above an absolute 0.6, far below adam's
+        (1.03, 0.004, True),  # the full protocol's leak
+        (1.03, 0.99, False),  # an honest variant: as close to adam's as the others
+        (0.55, 0.50, False),  # validation below test for adam too: nothing published-specific
+        (0.55, 0.30, True),
+    ],
+)
+def test_leakage_is_judged_against_adams_own_validation_test_ratio(
+    adam_ratio, published_ratio, leak
+):
+    v = verdict(with_published(adam_ratio, published_ratio))
+    assert v.flags["published_validation_leak"] is leak
+    assert (published_ratio < LEAK_RATIO * adam_ratio) is leak  # the documented rule
+    assert ("trains on its validation set" in v.headline) is leak
+    finding = next(f for f in v.findings if f.startswith("The published procedure"))
+    assert f"against {adam_ratio:.3g} for adam" in finding
+    assert ("no sign of validation leakage" in finding) is (not leak)
+
+
+def test_leakage_is_not_judged_without_adam():
+    s = summary(
+        dynamic_adam=entry([1.09, 1.11, 1.08, 1.10, 1.12], [1.10, 1.11, 1.09, 1.12, 1.08]),
+        dynamic_adam_published=published(0.1),
+    )
+    for entry_ in s["optimizers"].values():
+        entry_["vs_adam"] = None  # no adam, no comparison with it
+    v = verdict(s)
+    assert v.flags["published_validation_leak"] is None
+    assert any("without adam's final runs" in f for f in v.findings)
+
+
+def test_the_rules_text_states_the_thresholds_used():
+    text = rules()
+    assert f"below {LEAK_RATIO:g} times adam's" in text
+    assert f"{PROTOCOL['trials']} tuning trials" in text and f"{PROTOCOL['epochs']} epochs" in text

@@ -139,9 +139,22 @@ def test_quantile_lets_diverged_runs_take_part():
         ({"optimizers": ["adam", "adam"]}, "listed twice"),
         ({"hyperparameters": {"adam": {"lr": 0.1}}}, "only without tuning"),
         ({"tune_trials": 0, "hyperparameters": {"adam": {"momentum": 0.9}}}, "no hyperparameter"),
+        ({"seed": 2**64}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"seed": -1}, "seed must be"),
+        ({"seed": 1.5}, "seed must be"),
+        ({"out": "/etc/passwd"}, "exists and is not a directory"),
+        ({"out": "/proc/optimlab-test"}, "is not writable"),
+        ({"steps": 10**7, "starts": 16}, r"steps x starts too large: .* 3\.6 GiB"),
     ],
 )
-def test_bad_arguments_are_one_line_usage_errors(kwargs, message):
+def test_bad_arguments_are_one_line_usage_errors(kwargs, message, monkeypatch):
+    from optimlab.surfaces import bench
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(bench, "tune", no_work)  # every check comes before any run
+    monkeypatch.setattr(bench, "run", no_work)
     args = {"surfaces": ["sphere"], "optimizers": ["adam"], "steps": 5, "starts": 2, **kwargs}
     with pytest.raises(UsageError, match=message) as info:
         benchmark(args.pop("surfaces"), args.pop("optimizers"), **args)

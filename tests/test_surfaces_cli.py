@@ -91,6 +91,9 @@ def test_cli_without_tuning_uses_the_given_hyperparameters(tmp_path, capsys):
         (["--optimizers", "adam,nadam"], "unknown optimizer 'nadam'; valid: sgd, adagrad"),
         (["--steps", "0"], "must be at least 1"),
         (["--noise", "-1"], "must be >= 0"),
+        (["--seed", "18446744073709551616"], "must be in [0, 4294967295]"),
+        (["--seed", str(2**32)], "must be in [0, 4294967295]"),
+        (["--no-tune", "--momentum", "1"], "must be in [0, 1)"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(args, expected, capsys):
@@ -114,3 +117,41 @@ def test_contradicting_options_give_one_line_and_exit_2(args, expected, capsys, 
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "expected"),
+    [
+        ("/proc/optimlab-test", "output directory '/proc/optimlab-test' is not writable"),
+        ("/etc/passwd", "output directory '/etc/passwd' exists and is not a directory"),
+        ("/etc/passwd/run", "output directory '/etc/passwd/run' is not writable"),
+    ],
+)
+def test_an_unusable_out_fails_before_any_work(out, expected, capsys, monkeypatch):
+    from optimlab.surfaces import bench
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(bench, "tune", no_work)
+    monkeypatch.setattr(bench, "run", no_work)
+    assert main(["surfaces", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_largest_seed_runs_dynamic_adam(tmp_path):
+    code = main(
+        ["surfaces", "--functions", "sphere", "--optimizers", "dynamic_adam", "--steps", "5",
+         "--starts", "2", "--no-tune", "--seed", str(2**32 - 1), "--out", str(tmp_path / "run")]
+    )  # fmt: skip
+    assert code == 0
+
+
+def test_steps_beyond_memory_fail_before_any_work(capsys, monkeypatch, tmp_path):
+    from optimlab.surfaces import bench
+
+    monkeypatch.setattr(bench, "tune", lambda *a, **k: pytest.fail("work started"))
+    assert main(["surfaces", "--steps", "100000000", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "steps x starts too large" in err and len(err.strip().splitlines()) == 1

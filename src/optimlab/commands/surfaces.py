@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 from optimlab.commands._args import (
+    fraction_below_one,
     name_list,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
-    unit_interval_open,
+    seed,
 )
 
 ORDER = 20
@@ -79,7 +80,7 @@ def register(subparsers) -> None:
         default=1e-2,
         help="success: final distance to a global minimum at most TOL (0.01)",
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed (0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed (0)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -98,7 +99,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--lr", type=positive_float, help="with --no-tune: every optimizer's lr")
     parser.add_argument(
-        "--momentum", type=unit_interval_open, help="with --no-tune: SGD's momentum"
+        "--momentum", type=fraction_below_one, help="with --no-tune: SGD's momentum"
     )
     parser.set_defaults(run=run)
 
@@ -113,21 +114,23 @@ def budgets(args: argparse.Namespace) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from optimlab.atomic import ensure_output_dir
     from optimlab.errors import UsageError
 
     if (args.lr is not None or args.momentum is not None) and not args.no_tune:
         raise UsageError("--lr and --momentum need --no-tune (otherwise they are tuned)")
     if args.no_tune and args.tune_trials:
         raise UsageError("--no-tune contradicts --tune-trials")
-    from optimlab import surfaces
-
     optimizers = args.optimizers or OPTIMIZERS
     hyperparameters = {name: {} if args.lr is None else {"lr": args.lr} for name in optimizers}
     if args.momentum is not None:
         if "sgd" not in optimizers:
             raise UsageError("--momentum applies to sgd, which is not among --optimizers")
         hyperparameters["sgd"]["momentum"] = args.momentum
-    out = args.out or Path("runs") / time.strftime("surfaces-%Y%m%d-%H%M%S")
+    # Before torch is imported and any run starts: an unusable --out fails in its first second.
+    out = ensure_output_dir(args.out or Path("runs") / time.strftime("surfaces-%Y%m%d-%H%M%S"))
+    from optimlab import surfaces
+
     rows = surfaces.benchmark(
         args.functions or DEFAULT_FUNCTIONS,
         optimizers,

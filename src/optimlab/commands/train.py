@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 from optimlab.commands._args import (
+    fraction_below_one,
     nonnegative_float,
-    nonnegative_int,
     positive_float,
     positive_int,
-    unit_interval_open,
+    seed,
 )
 from optimlab.mnist1d.variants import DEFAULT_VARIANTS
 
@@ -42,26 +42,26 @@ def register(subparsers: Any) -> None:
         type=nonnegative_float,
         help="learning rate of DynamicAdam's gate (1e-3; 0 freezes it)",
     )
-    parser.add_argument("--momentum", type=unit_interval_open, help="sgd momentum (0.9)")
+    parser.add_argument("--momentum", type=fraction_below_one, help="sgd momentum (0.9)")
     parser.add_argument("--epochs", type=positive_int, default=25, help="epochs (25)")
     parser.add_argument("--batch-size", type=positive_int, default=100, help="batch size (100)")
     parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp", help="model (mlp)")
     parser.add_argument(
         "--val-fraction",
-        type=unit_interval_open,
+        type=fraction_below_one,
         default=0.2,
         help="share of the 4000 training examples held out for validation "
         "(0.2; 0 trains on all of them, the paper's setting)",
     )
     parser.add_argument(
         "--seed",
-        type=nonnegative_int,
+        type=seed,
         default=0,
         help="seed of initialisation, batch order and meta batches (0)",
     )
     parser.add_argument(
         "--split-seed",
-        type=nonnegative_int,
+        type=seed,
         default=0,
         help="seed of the train/validation split (0)",
     )
@@ -102,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     from optimlab.mnist1d.train import TrainConfig, train
 
     torch.set_num_threads(args.threads)
-
     config = TrainConfig(
         optimizer=args.optimizer,
         lr=args.lr,
@@ -116,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     config.validate()
+    _check_paths(args)
     err = Console(stderr=True)
     if config.variant.reference_only:
         err.print(
@@ -138,6 +138,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(result, summary)
     return 0
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Fail before training, not after it, where the cache or the checkpoint cannot be written."""
+    from pathlib import Path
+
+    from optimlab.atomic import ensure_output_dir
+    from optimlab.errors import UsageError
+    from optimlab.mnist1d.data import default_cache_dir
+
+    ensure_output_dir(args.cache_dir or default_cache_dir(), what="cache directory")
+    if args.checkpoint is not None:
+        checkpoint = Path(args.checkpoint)
+        if checkpoint.is_dir():
+            raise UsageError(f"checkpoint {str(checkpoint)!r} is a directory, not a file")
+        ensure_output_dir(checkpoint.parent, what="checkpoint directory")
 
 
 def _summary(result: Any, args: argparse.Namespace, seconds: float) -> dict[str, Any]:

@@ -199,6 +199,8 @@ def train(
     A finished run's checkpoint returns its result at once.
     """
     config.validate()
+    if len(splits.x_train) == 0:
+        raise UsageError("the training split is empty: lower val_fraction (--val-fraction)")
     device = torch.device(config.device)
     splits = splits.to(device)
     meta_source = config.effective_meta_source

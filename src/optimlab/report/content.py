@@ -6,7 +6,7 @@ from typing import Any
 
 from optimlab.report.document import Block, Bullets, Heading, Image, Paragraph, Table
 from optimlab.report.files import Results
-from optimlab.report.verdict import ALPHA, CLAIM_TOLERANCE, LEAK_RATIO, verdict
+from optimlab.report.verdict import rules, verdict
 
 
 def _num(value: float | None, fmt: str = ".3f") -> str:
@@ -48,11 +48,7 @@ def build_blocks(results: Results, figures: dict[str, str]) -> list[Block]:
         Heading(2, "Verdict"),
         Paragraph(found.headline),
         Bullets(found.findings),
-        Paragraph(
-            f"Rules: a loss is 'near' a claimed value within {CLAIM_TOLERANCE:.0%} of it; "
-            f"differences are significant at p < {ALPHA} (Welch's t-test over final seeds); "
-            f"validation loss under {LEAK_RATIO:.0%} of the test loss marks validation leakage."
-        ),
+        Paragraph(rules()),
         Heading(2, "Final runs"),
         Paragraph(
             f"Each optimizer's best configuration on {summary['budget']['seeds']} seeds "

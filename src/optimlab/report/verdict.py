@@ -7,9 +7,20 @@ tuned Adam". The verdict asks three questions of summary.json:
    relative)? And Adam's near 1.103?
 2. Is dynamic_adam's test loss significantly lower than Adam's (Welch, p < ALPHA)? Only the
    untouched test set can show a real gain.
-3. Is the published variant's validation loss far below its own test loss (ratio under
-   LEAK_RATIO)? A model does not generalize better to held-out data it never trained on:
-   such a gap means the validation set trained the model.
+3. Did the published variant train on its validation set? Validation (held-out training
+   examples) and test examples come from the same generator, so a model that never trained
+   on either relates to them as Adam's does: its validation/test loss ratio should be close
+   to Adam's, whatever its overall level of fit. A ratio below LEAK_RATIO times Adam's means
+   validation loss fell where test loss did not: the validation set trained the model.
+   Measured (default split, MLP): the six honest variants' ratios lay within 0.98 to 1.03
+   times Adam's, both in a 3-epoch quick run and under the full protocol; the published
+   variant's were 0.69 times Adam's after 3 epochs and 0.0035 after 25. LEAK_RATIO = 0.8
+   lies about ten times the largest honest deviation (2%) away from 1, and still catches
+   the leak of a 3-epoch run. Without Adam's final runs there is no baseline and no answer.
+
+And it says when the run is no test of the claim's protocol at all: a budget other than
+PROTOCOL (20 tuning trials, 25 epochs; at least 5 final seeds) answers the questions for
+that budget only, and the headline begins by saying so.
 """
 
 from __future__ import annotations
@@ -19,7 +30,23 @@ from typing import Any
 
 CLAIM_TOLERANCE = 0.25  # "near" a claimed loss: within 25% of it
 ALPHA = 0.05  # significance level of Welch's test
-LEAK_RATIO = 0.6  # validation loss below 60% of the test loss: the model saw validation data
+# A variant's validation/test loss ratio below 0.8 x adam's: the model saw validation data.
+LEAK_RATIO = 0.8
+# The claim's protocol: tuning trials and epochs exactly, final seeds at least.
+PROTOCOL = {"trials": 20, "epochs": 25, "seeds": 5}
+
+
+def rules() -> str:
+    """The verdict's rules, for the report."""
+    return (
+        f"Rules: a loss is 'near' a claimed value within {CLAIM_TOLERANCE:.0%} of it; "
+        f"differences are significant at p < {ALPHA} (Welch's t-test over final seeds); a "
+        f"validation/test loss ratio below {LEAK_RATIO:g} times adam's marks validation leakage "
+        "(validation and test examples come from the same generator, so a model that trained "
+        "on neither relates to them as adam does); a run with other than "
+        f"{PROTOCOL['trials']} tuning trials or {PROTOCOL['epochs']} epochs, or fewer than "
+        f"{PROTOCOL['seeds']} final seeds, is not a test of the claim's protocol."
+    )
 
 
 @dataclass
@@ -81,7 +108,40 @@ def verdict(summary: dict[str, Any]) -> Verdict:
         summary, "dynamic_adam_published", findings
     )
     _accuracy(summary, claim["mnist1d_mlp_test_accuracy"], findings)
-    return Verdict(_headline(flags, dyn_val, summary), findings, flags)
+    departures = budget_departures(summary.get("budget"))
+    flags["claim_protocol_budget"] = None if departures is None else not departures
+    headline = _headline(flags, dyn_val, summary)
+    if departures:
+        headline = _under_budget(departures, headline, summary["budget"])
+    return Verdict(headline, findings, flags)
+
+
+def budget_departures(budget: dict[str, int] | None) -> list[str] | None:
+    """How the run's budget departs from the claim's protocol, one phrase per departure
+    (empty: it follows the protocol; None: no budget recorded)."""
+    if budget is None:
+        return None
+    trials, epochs, seeds = budget["trials"], budget["epochs"], budget["seeds"]
+    departures = []
+    if epochs != PROTOCOL["epochs"]:
+        departures.append(f"{epochs} epochs instead of {PROTOCOL['epochs']}")
+    if trials != PROTOCOL["trials"]:
+        departures.append(f"{trials} tuning trials instead of {PROTOCOL['trials']}")
+    if seeds < PROTOCOL["seeds"]:
+        departures.append(f"{seeds} final seeds instead of at least {PROTOCOL['seeds']}")
+    return departures
+
+
+def _under_budget(departures: list[str], headline: str, budget: dict[str, int]) -> str:
+    """The headline, prefixed with the statement that this run does not test the protocol."""
+    # (seeds depart only when fewer)
+    reduced = all(budget[k] <= PROTOCOL[k] for k in ("trials", "epochs"))
+    kind = "a reduced budget" if reduced else "a budget other than the claim's protocol"
+    prefix = f"Under {kind} ({', '.join(departures)}), this run is not a test of the claim's"
+    prefix += " protocol."
+    if headline.startswith("Not decidable"):
+        return f"{prefix} {headline}"
+    return f"{prefix} Within this budget, {headline[0].lower()}{headline[1:]}"
 
 
 def _test_gain(summary: dict, optimizer: str, findings: list[str]) -> bool | None:
@@ -106,26 +166,36 @@ def _test_gain(summary: dict, optimizer: str, findings: list[str]) -> bool | Non
 
 
 def _leak(summary: dict, findings: list[str]) -> bool | None:
+    """Rule 3 (module docstring): the published variant's validation/test loss ratio against
+    adam's. None without both variants' final runs."""
     name = "dynamic_adam_published"
     val, test = _mean(summary, name, "val_loss"), _mean(summary, name, "test_loss")
     if val is None or test is None or test <= 0:
         return None
-    leak = val / test < LEAK_RATIO
     adam_val, adam_test = _mean(summary, "adam", "val_loss"), _mean(summary, "adam", "test_loss")
-    baseline = ""
-    if adam_val is not None and adam_test:
-        baseline = f" (adam: validation {adam_val:.3f}, test {adam_test:.3f})"
+    if adam_val is None or adam_test is None or adam_test <= 0:
+        findings.append(
+            f"The published procedure reaches a validation loss of {val:.3f} and a test loss of "
+            f"{test:.3f}; without adam's final runs as the baseline, whether its validation "
+            "set trained it is not decided here."
+        )
+        return None
+    ratio, adam_ratio = val / test, adam_val / adam_test
+    leak = ratio < LEAK_RATIO * adam_ratio
+    numbers = (
+        f"validation/test loss ratio is {ratio:.3g} ({val:.3f} / {test:.3f}) against "
+        f"{adam_ratio:.3g} for adam ({adam_val:.3f} / {adam_test:.3f})"
+    )
     if leak:
         findings.append(
-            f"The published procedure reaches a validation loss of {val:.3f} but a test loss of "
-            f"{test:.3f}{baseline}: its validation loss is far below its test loss, the mark of "
-            f"a model trained on its validation set (the validation gradients leak into the "
-            f"update)."
+            f"The published procedure's {numbers}: below {LEAK_RATIO:g} times adam's, its "
+            "validation loss fell where its test loss did not, the mark of a model trained on "
+            "its validation set (the validation gradients leak into the update)."
         )
     else:
         findings.append(
-            f"The published procedure's validation loss ({val:.3f}) is not far below its test "
-            f"loss ({test:.3f}){baseline}: no sign of validation leakage in this run."
+            f"The published procedure's {numbers}: not below {LEAK_RATIO:g} times adam's, no "
+            "sign of validation leakage in this run."
         )
     return leak
 
@@ -186,6 +256,7 @@ def _headline(flags: dict[str, bool | None], dyn_val: float | None, summary: dic
     if leak:
         name = "dynamic_adam_published"
         val, test = _mean(summary, name, "val_loss"), _mean(summary, name, "test_loss")
+        adam_ratio = _mean(summary, "adam", "val_loss") / _mean(summary, "adam", "test_loss")
         ending = {
             True: "; its test loss is still significantly lower than Adam's.",
             False: ", and its test loss is not significantly lower than Adam's.",
@@ -193,6 +264,7 @@ def _headline(flags: dict[str, bool | None], dyn_val: float | None, summary: dic
         }[flags["published_test_loss_better_than_adam"]]
         text += (
             f" The published procedure's validation loss ({val:.3f}) is far below its test loss "
-            f"({test:.3f}): it trains on its validation set{ending}"
+            f"({test:.3f}; ratio {val / test:.3g}, adam's {adam_ratio:.3g}): it trains on its "
+            f"validation set{ending}"
         )
     return text

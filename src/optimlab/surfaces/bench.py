@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from optimlab.atomic import ensure_output_dir
 from optimlab.errors import UsageError
 from optimlab.surfaces import metrics, output
 from optimlab.surfaces.batched import VARIANTS, Variant
@@ -35,6 +36,8 @@ QUICK = {"steps": 200, "starts": 8, "tune_trials": 8, "tune_starts": 4}
 ROUND = 5  # trials per tuning round after TPE's random start-up
 SCORE_FLOOR = 1e-12  # gaps below this count as solved
 SCORE_CAP = 12.0  # log10 gap of a diverged (or hopeless) run
+MAX_RECORDED_BYTES = 2**30  # 150 times the default benchmark's trajectories
+MAX_SEED = 2**32 - 1  # the gate's torch.manual_seed and Optuna's samplers take any such seed
 
 
 def benchmark(
@@ -61,10 +64,12 @@ def benchmark(
     started = time.perf_counter()
     surfaces = [get(s) for s in surfaces]
     variants = [_variant(name) for name in optimizers]
-    _check(steps, starts, tune_trials, tune_starts, noise, tol, surfaces, variants)
+    _check(steps, starts, tune_trials, tune_starts, noise, seed, tol, surfaces, variants)
     if tune_trials and hyperparameters:
         raise UsageError("give hyperparameters only without tuning (tune_trials=0)")
     fixed = _fixed_hyperparameters(variants, hyperparameters or {})
+    if out is not None:
+        ensure_output_dir(out)  # fail now, not after the runs
     with output.Progress(progress) as bar:
         tuned = (
             tune(surfaces, variants, steps, tune_trials, tune_starts, noise, seed, bar)
@@ -263,19 +268,33 @@ def _fixed_hyperparameters(
     return {v.name: {**v.defaults, **given.get(v.name, {})} for v in variants}
 
 
-def _check(steps, starts, tune_trials, tune_starts, noise, tol, surfaces, variants) -> None:
+def recorded_bytes(steps: int, starts: int, pairs: int, noise: float) -> int:
+    """Memory the evaluation records: x, y and f (float64) at every step of every run, and
+    the noise table."""
+    return 8 * (steps + 1) * starts * (3 * pairs + (2 if noise else 0))
+
+
+def _check(steps, starts, tune_trials, tune_starts, noise, seed, tol, surfaces, variants) -> None:
     for name, value, least in [
         ("steps", steps, 1), ("starts", starts, 1), ("tune_trials", tune_trials, 0),
         ("tune_starts", tune_starts, 1),
     ]:  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if not (noise >= 0 and np.isfinite(noise)):
         raise UsageError(f"noise must be a finite number >= 0, got {noise!r}")
     if not (tol > 0 and np.isfinite(tol)):
         raise UsageError(f"tol must be a finite number > 0, got {tol!r}")
     if not surfaces or not variants:
         raise UsageError("give at least one function and one optimizer")
+    recorded = recorded_bytes(steps, starts, len(surfaces) * len(variants), noise)
+    if recorded > MAX_RECORDED_BYTES:
+        raise UsageError(
+            f"steps x starts too large: the trajectories would take {recorded / 2**30:.1f} GiB "
+            f"of memory (at most {MAX_RECORDED_BYTES / 2**30:.0f} GiB); lower steps or starts"
+        )
     for kind, names in [
         ("function", [s.name for s in surfaces]),
         ("optimizer", [v.name for v in variants]),
