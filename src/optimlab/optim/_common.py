@@ -5,7 +5,8 @@ Nothing here calls into torch.optim: only `torch.optim.Optimizer`, the base clas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -64,3 +65,55 @@ def use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
     if foreach is not None:
         return foreach
     return bool(params) and all(p.device.type == "cuda" for p in params)
+
+
+USE_EAGER = "pass compile=False to use the eager path"
+
+
+def check_compilable(params: list[Tensor]) -> None:
+    """Raise a RuntimeError that suggests compile=False when torch.compile cannot run here:
+    dynamo unsupported on this Python, no C++ compiler for CPU tensors, or no Triton for GPU
+    ones. A failure these checks miss surfaces, with the same advice, at the first step."""
+    import torch._dynamo
+    from torch.utils._triton import has_triton
+
+    devices = {p.device.type for p in params}
+    problem = None
+    if not torch._dynamo.is_dynamo_supported():
+        problem = "torch.compile is not supported on this Python"
+    elif "cpu" in devices and not _has_cpp_compiler():
+        problem = "torch.compile needs a C++ compiler for CPU tensors and found none"
+    elif "cuda" in devices and not has_triton():
+        problem = "torch.compile needs Triton for GPU tensors and cannot import it"
+    if problem:
+        raise RuntimeError(f"compile=True: {problem}; {USE_EAGER}")
+
+
+def _has_cpp_compiler() -> bool:
+    """Whether inductor finds the C++ compiler it would use (it runs `$CXX --version`)."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return False
+    return True
+
+
+@contextmanager
+def explain_compile_failures() -> Iterator[None]:
+    """Turn torch.compile's own failures (tracing, inductor, the C++ compiler, the recompile
+    limit) into a RuntimeError that says so and suggests compile=False: never a silent
+    fallback to eager."""
+    try:
+        yield
+    except Exception as error:
+        from torch._dynamo import exc
+
+        if not isinstance(error, exc.TorchDynamoException | exc.FailOnRecompileLimitHit):
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise RuntimeError(
+            f"compile=True: torch.compile failed ({type(error).__name__}: {first_line}); "
+            f"{USE_EAGER}"
+        ) from error

@@ -14,13 +14,18 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optimlab.optim._common import Closure, ParamsT, evaluate
-from optimlab.optim.adam import Betas, adam_group_step, check_adam_arguments
+from optimlab.optim.adam import (
+    Betas,
+    adam_group_step,
+    check_adam_arguments,
+    check_compile_option,
+)
 
 
 class AdamW(Optimizer):
     """AdamW with torch.optim.AdamW's arguments, defaults (weight_decay=1e-2), error messages
     and state ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"). `capturable`,
-    `differentiable` and `fused` are not offered."""
+    `differentiable` and `fused` are not offered; `compile=True` (ours) is Adam's."""
 
     def __init__(
         self,
@@ -33,6 +38,7 @@ class AdamW(Optimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        compile: bool = False,
     ) -> None:
         check_adam_arguments(lr, betas, eps, weight_decay)
         defaults = {
@@ -44,15 +50,19 @@ class AdamW(Optimizer):
             "maximize": maximize,
             "foreach": foreach,
             "decoupled_weight_decay": True,
+            "compile": compile,
         }
         super().__init__(params, defaults)
+        check_compile_option(self, foreach, compile)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Keep the decay decoupled whatever a loaded state dict says (e.g. one saved by an
-        Adam), as torch.optim.AdamW does; `load_state_dict` ends here."""
+        Adam), as torch.optim.AdamW does; one saved without "compile" (torch's) keeps this
+        optimizer's choice. `load_state_dict` ends here."""
         super().__setstate__(state)
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True
+            group.setdefault("compile", self.defaults.get("compile", False))
 
     @torch.no_grad()
     def step(self, closure: Closure = None) -> Any:
