@@ -1,50 +1,95 @@
-"""Reports of a study directory or of an `optimlab run` directory (surfaces + mnist1d)."""
+"""Reports of a study directory, a surfaces directory, or an `optimlab run` directory (both)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from optimlab.atomic import write_text
 from optimlab.errors import UsageError
 from optimlab.report import build_report
-from optimlab.report.document import Heading, Links, Paragraph, to_html, to_markdown
+from optimlab.report.document import Heading, Image, Links, Paragraph, Table, to_html, to_markdown
 
 
 def report_any(run_dir: str | Path) -> list[Path]:
-    """Redraw the report of a study directory, or of both parts of a run directory."""
+    """Redraw, from result files alone, the report of a study directory, the figures of a
+    surfaces directory, or both parts of a run directory and its index."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a directory")
     if (run_dir / "config.json").exists():
         return [build_report(run_dir)]
+    if _is_surfaces(run_dir):
+        return redraw_surfaces(run_dir)
     if (run_dir / "mnist1d" / "config.json").exists():
-        study = build_report(run_dir / "mnist1d")
-        return [study, write_index(run_dir)]
-    raise UsageError(f"{run_dir} holds no mnist1d study (no config.json, no mnist1d/config.json)")
+        written = [build_report(run_dir / "mnist1d")]
+        if _is_surfaces(run_dir / "surfaces"):
+            written += redraw_surfaces(run_dir / "surfaces")
+        return [*written, write_index(run_dir)]
+    raise UsageError(
+        f"{run_dir} holds no optimlab results (no config.json, run.json or mnist1d/config.json)"
+    )
+
+
+def _is_surfaces(path: Path) -> bool:
+    return (path / "run.json").exists() and (path / "trajectories.npz").exists()
+
+
+def redraw_surfaces(out: Path) -> list[Path]:
+    """Every figure and animation of a surfaces benchmark, from run.json and trajectories.npz."""
+    from optimlab.surfaces.plots import draw_all
+
+    return draw_all(out)
+
+
+def _fmt(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.3g}"
+    return str(value)
+
+
+def surfaces_table(summary: dict) -> Table:
+    """The surfaces summary rows as a table (the columns a reader compares first)."""
+    columns = ["function", "optimizer", "final_gap_median", "success_rate", "diverged"]
+    headers = ["function", "optimizer", "final gap (median)", "success", "diverged"]
+    rows = []
+    for row in summary["rows"]:
+        cells = [_fmt(row.get(c)) for c in columns]
+        if isinstance(row.get("success_rate"), float):
+            cells[3] = f"{row['success_rate']:.0%}"
+        rows.append(cells)
+    return Table(headers, rows)
 
 
 def write_index(run_dir: Path) -> Path:
-    """report.md / report.html of a run directory: the verdict and links to both parts."""
+    """report.md / report.html of a run directory: the verdict, the surfaces table and links
+    to both parts."""
     summary = json.loads((run_dir / "mnist1d" / "summary.json").read_text())
-    surfaces = run_dir / "surfaces"
-    surface_files = (
-        sorted(
-            str(p.relative_to(run_dir))
-            for p in surfaces.rglob("*")
-            if p.is_file() and p.suffix in (".md", ".html", ".png", ".gif", ".csv", ".json")
-        )
-        if surfaces.is_dir()
-        else []
-    )
     blocks = [
         Heading(1, "optimlab run"),
         Heading(2, "mnist1d study"),
         Paragraph(summary["verdict"]["headline"]),
         Links(["mnist1d/report.html", "mnist1d/report.md"]),
         Heading(2, "Surfaces benchmark"),
-        Links(surface_files) if surface_files else Paragraph("Not run."),
     ]
+    surfaces = run_dir / "surfaces"
+    if (surfaces / "summary.json").exists():
+        blocks += [
+            surfaces_table(json.loads((surfaces / "summary.json").read_text())),
+            Image("surfaces/convergence.png", "Convergence: f - f* per step, median and band"),
+            Links(
+                sorted(
+                    str(p.relative_to(run_dir))
+                    for p in surfaces.iterdir()
+                    if p.suffix in (".md", ".png", ".gif", ".csv", ".json")
+                )
+            ),
+        ]
+    else:
+        blocks.append(Paragraph("Not run."))
     write_text(run_dir / "report.html", to_html(blocks, title="optimlab run", base_dir=run_dir))
     write_text(run_dir / "report.md", to_markdown(blocks))
     return run_dir / "report.md"
