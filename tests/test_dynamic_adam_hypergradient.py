@@ -191,10 +191,11 @@ def test_gate_gradients_of_the_standard_gate_are_autograds():
     assert_all_close(grads, expected, rtol=1e-13, atol=1e-16)
 
 
-def test_any_other_gate_module_is_trained_through_autograd():
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh])  # autograd; by hand, not flat
+def test_any_other_gate_module_with_any_optimizer_is_trained(activation):
     model, batch, meta_batch = make_problem()
     optimizer = DynamicAdam(model.parameters(), lr=2e-2, beta1_range=(0.05, 0.99))
-    optimizer.gate = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 1)).double()
+    optimizer.gate = nn.Sequential(nn.Linear(2, 5), activation(), nn.Linear(5, 1)).double()
     optimizer.gate_optimizer = Adam(optimizer.gate.parameters(), lr=0.05)
     for _ in range(4):
         backward(model, optimizer, batch)

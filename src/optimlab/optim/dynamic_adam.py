@@ -9,7 +9,9 @@ The math (design notes, section 3), with g_t the gradient after maximize and L2 
 
 The gate descends the one-step hypergradient dL/dbeta1_t = <grad L(theta_{t+1}), u_t> with
 u_t = dtheta_{t+1}/dbeta1_t in closed form: no create_graph, no second-order graph.
-See docs/dynamic_adam.md for the derivation.
+See docs/algorithms.md (DynamicAdam) for the derivation. The state lives in flat buckets
+(dynamic_adam_buckets.py) and the gate in one flat tensor (gate.py): on a small model the
+step costs per torch call, so the step is written with few of them.
 """
 
 from __future__ import annotations
@@ -17,81 +19,27 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optimlab.optim.adam import Adam, check_adam_arguments
+from optimlab.optim.adam import check_adam_arguments
+from optimlab.optim.dynamic_adam_buckets import Plan
 from optimlab.optim.gate import (
-    CHUNK_NUMEL,
-    chunk_features,
-    flatten,
-    gate_beta1,
+    GateAdam,
+    GateTensors,
+    gate_forward,
     gate_gradients,
     make_gate,
+    sigmoid,
+    standard_tensors,
+    write_gate_gradient,
 )
+from optimlab.optim.gate_input import chunk_moments, combine_moments, slog_value
 
 HYPERGRADIENTS = ("lookahead", "online")
-DIRECTION = "beta1_direction"  # online mode, per parameter: u_t = dtheta_{t+1}/dbeta1_t
-
-
-def dynamic_adam_update(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    *,
-    beta1: float,
-    beta1_product: float,
-    step: int,
-    lr: float,
-    beta2: float,
-    eps: float,
-    decoupled_decay: float,
-    with_direction: bool,
-) -> list[Tensor] | None:
-    """One DynamicAdam update, in place, of tensors that share `step` (t) and `beta1_product`
-    (P_{t-1}); `grads` already carry maximize and L2 decay, `decoupled_decay` is lr * wd for
-    AdamW-style decay (else 0). Returns u = dtheta_{t+1}/dbeta1 per tensor if `with_direction`
-    (the decoupled decay does not depend on beta1, so it does not enter u)."""
-    bias_correction1 = 1.0 - beta1_product * beta1  # 1 - P_t
-    if decoupled_decay:
-        torch._foreach_mul_(params, 1.0 - decoupled_decay)
-    direction = torch._foreach_sub(exp_avgs, grads) if with_direction else None  # m_{t-1} - g_t
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
-    # lr * mhat / (sqrt(vhat) + eps) = step_size * m_t / denom, the bias corrections in scalars
-    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
-    step_size = lr * bias_correction2_sqrt / bias_correction1
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denom, eps * bias_correction2_sqrt)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, -step_size)
-    if direction is None:
-        return None
-    # dmhat/dbeta1 = (m_{t-1} - g_t) / (1 - P_t) + m_t P_{t-1} / (1 - P_t)^2, hence
-    # u = -step_size * (m_{t-1} - g_t + m_t P_{t-1} / (1 - P_t)) / denom
-    torch._foreach_add_(direction, exp_avgs, alpha=beta1_product / bias_correction1)
-    torch._foreach_div_(direction, denom)
-    torch._foreach_mul_(direction, -step_size)
-    return direction
-
-
-@dataclass
-class _Bucket:
-    """Parameters of one group with one step count, beta1 product, dtype and device, up to
-    CHUNK_NUMEL elements (or one larger tensor): the unit of the vectorised update."""
-
-    group: dict[str, Any]
-    step: int
-    beta1_product: float
-    numel: int = 0
-    params: list[Tensor] = field(default_factory=list)
-    grads: list[Tensor] = field(default_factory=list)
-    states: list[dict[str, Any]] = field(default_factory=list)
 
 
 class DynamicAdam(Optimizer):
@@ -109,7 +57,8 @@ class DynamicAdam(Optimizer):
     at its initial output betas[0], and DynamicAdam is Adam (AdamW with
     decoupled_weight_decay=True). A non-finite training gradient raises FloatingPointError
     before anything is modified; a non-finite meta loss or hypergradient skips the gate update
-    (counted in `skipped_gate_updates`, warned once).
+    (counted in `skipped_gate_updates`, warned once). The per-parameter state tensors are views
+    of flat buffers: replace them through load_state_dict, not by assignment.
     """
 
     def __init__(
@@ -157,18 +106,26 @@ class DynamicAdam(Optimizer):
         self.gate = make_gate(
             gate_hidden, betas[0], self.beta1_range, dtype=first.dtype, device=first.device
         )
-        # foreach: one call per operation for the gate's four small tensors
-        self.gate_optimizer = Adam(self.gate.parameters(), lr=gate_lr, foreach=True)
+        self.gate_optimizer: Any = GateAdam(self.gate, lr=gate_lr)
         self.beta1_history: list[float] = []
         self.skipped_gate_updates = 0
         self._features: Tensor | None = None  # online mode: x_t, the gate input of the last step
         self._warned_skip = False
+        self._clear_caches()
+
+    def _clear_caches(self) -> None:
+        self._plan: Plan | None = None  # the buckets, rebuilt from self.state when stale
+        self._activations: tuple[Tensor, GateTensors | None, float] | None = None  # x, -, s
 
     def __getstate__(self) -> dict[str, Any]:
         """torch's Optimizer pickles (and deep-copies) only defaults, state and param_groups."""
         own = ["hypergradient", "beta1_range", "gate", "gate_optimizer", "beta1_history"]
         own += ["skipped_gate_updates", "_features", "_warned_skip"]
         return {**super().__getstate__(), **{name: getattr(self, name) for name in own}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._clear_caches()
 
     @property
     def last_beta1(self) -> float | None:
@@ -198,142 +155,98 @@ class DynamicAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        buckets, new_states, gradless = self._gather()
-        if not buckets:
-            return loss
-        chunks = [flatten(bucket.grads) for bucket in buckets]  # the whole gradient, in pieces
-        features = chunk_features(chunks).to(self.param_groups[0]["params"][0])
         online = self.hypergradient == "online"
+        plan = self._plan
+        if plan is None or not plan.matches(self.param_groups):
+            plan = Plan(self.param_groups, self.state, online)  # installed once all is finite
+        if not plan.buckets:
+            return loss
+        grads = [bucket.gradient() for bucket in plan.buckets]  # g_t, flat, per bucket
+        features, hypergradient = self._statistics(plan, grads)  # raises if not finite
+        if not plan.installed:
+            plan.install(self.state)
+            self._plan = plan
 
-        if online:  # first train the gate on <g_t, u_{t-1}>, then pick beta1_t with it
-            hypergradient = self._online_hypergradient(buckets, chunks).to(features)
-            values = torch.cat([features, hypergradient]).tolist()  # one sync
-            _raise_if_not_finite(values[:2])
-            if self._features is not None:
-                self._step_gate(self._features, hypergradient, values[2])
-            beta1 = gate_beta1(self.gate, features, *self.beta1_range).item()
-        else:
-            beta1_tensor = gate_beta1(self.gate, features, *self.beta1_range)
-            values = torch.cat([features, beta1_tensor]).tolist()  # one sync
-            _raise_if_not_finite(values[:2])
-            beta1 = values[2]
-
-        for param, state in new_states:
-            self.state[param] = state
-        if online:  # u_{t-1} is spent: free it before u_t is allocated (peak memory)
-            for param in gradless:  # not moved this step: dtheta/dbeta1 = 0
-                self.state[param].pop(DIRECTION, None)
-            for state in (state for bucket in buckets for state in bucket.states):
-                state.pop(DIRECTION, None)
-        with_direction = online or meta_closure is not None
-        directions = [self._update(bucket, beta1, with_direction) for bucket in buckets]
+        tensors = standard_tensors(self.gate)  # None unless it is Linear -> Tanh -> Linear
+        if online and self._features is not None:  # first train the gate on <g_t, u_{t-1}>
+            self._train_gate(self._features, hypergradient, tensors)
+        first = self.param_groups[0]["params"][0]
+        x = torch.as_tensor(features, dtype=first.dtype, device=first.device)
+        beta1 = self._beta1(x, tensors)  # then pick beta1_t with the gate as it is now
         self.beta1_history.append(beta1)
+        with_direction = online or meta_closure is not None
+        directions = [
+            bucket.update(grad, beta1, with_direction)
+            for bucket, grad in zip(plan.buckets, grads, strict=True)
+        ]
         if online:
-            for bucket, direction in zip(buckets, directions, strict=True):
-                for state, u in zip(bucket.states, direction, strict=True):
-                    state[DIRECTION] = u
-            self._features = features
+            self._features = x
         elif meta_closure is not None:
-            self._lookahead(meta_closure, features, buckets, directions)
+            self._lookahead(meta_closure, x, tensors, plan, directions)
         return loss
 
-    def _gather(self) -> tuple[list[_Bucket], list[tuple[Tensor, dict]], list[Tensor]]:
-        """Buckets of the parameters with a gradient, the states still to create, and the
-        parameters with state but no gradient. Nothing is modified yet."""
-        buckets: list[_Bucket] = []
-        new_states: list[tuple[Tensor, dict]] = []
-        gradless: list[Tensor] = []
-        for group in self.param_groups:
-            params = []
-            for p in group["params"]:
-                if p.grad is not None:
-                    params.append(p)
-                elif p in self.state:
-                    gradless.append(p)
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if any(g.is_sparse or g.is_complex() for g in grads):
-                raise RuntimeError("DynamicAdam does not support sparse or complex gradients")
-            if group["maximize"]:
-                grads = torch._foreach_neg(grads)
-            if group["weight_decay"] and not group["decoupled_weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            open_buckets: dict[tuple, _Bucket] = {}
-            for param, grad in zip(params, grads, strict=True):
-                state = self.state.get(param)
-                if not state:
-                    state = _initial_state(param)
-                    new_states.append((param, state))
-                key = (state["step"], state["beta1_product"], param.dtype, param.device)
-                bucket = open_buckets.get(key)
-                if bucket is None or bucket.params and bucket.numel + param.numel() > CHUNK_NUMEL:
-                    bucket = open_buckets[key] = _Bucket(group, *key[:2])
-                    buckets.append(bucket)
-                bucket.numel += param.numel()
-                bucket.params.append(param)
-                bucket.grads.append(grad)
-                bucket.states.append(state)
-        return buckets, new_states, gradless
+    def _statistics(self, plan: Plan, grads: list[Tensor]) -> tuple[list[float], float]:
+        """The gate input x_t = [slog(mean g_t), slog(var g_t)] and, online, the hypergradient
+        <g_t, u_{t-1}> = dL_train/dbeta1_{t-1}, read with one synchronisation: per bucket
+        sum(g), sum(g^2) (and the dot product) in one call. A non-finite x_t raises here,
+        before anything is modified."""
+        buckets = plan.buckets
+        values = _read([b.raw_moments(g) for b, g in zip(buckets, grads, strict=True)], plan)
+        stride, numel = (3 if plan.online else 2), max(plan.numel, 1)
+        mean = sum(values[0::stride]) / numel
+        var = sum(values[1::stride]) / numel - mean * mean
+        if not mean * mean <= var:  # |mean| > std (or not finite): two passes, no cancellation
+            moments = _read([torch.stack(chunk_moments(g)) for g in grads], plan)
+            mean, var = combine_moments(plan.counts, moments[0::2], moments[1::2])
+        features = [slog_value(mean), slog_value(var)]
+        if not all(map(math.isfinite, features)):
+            raise FloatingPointError(
+                f"DynamicAdam: the gradient is not finite (gate input {features}); "
+                "parameters, moments and gate were left unchanged"
+            )
+        dots = zip(buckets, values[2::3], strict=True) if plan.online else ()
+        return features, sum(bucket.direction_scale * dot for bucket, dot in dots)  # u = c w
 
-    def _update(self, bucket: _Bucket, beta1: float, with_direction: bool) -> list[Tensor] | None:
-        group, step, lr = bucket.group, bucket.step + 1, float(bucket.group["lr"])
-        direction = dynamic_adam_update(
-            bucket.params,
-            bucket.grads,
-            [state["exp_avg"] for state in bucket.states],
-            [state["exp_avg_sq"] for state in bucket.states],
-            beta1=beta1,
-            beta1_product=bucket.beta1_product,
-            step=step,
-            lr=lr,
-            beta2=group["betas"][1],
-            eps=group["eps"],
-            decoupled_decay=lr * group["weight_decay"] if group["decoupled_weight_decay"] else 0.0,
-            with_direction=with_direction,
-        )
-        for state in bucket.states:
-            state["step"] = step
-            state["beta1_product"] = bucket.beta1_product * beta1
-        return direction
-
-    def _online_hypergradient(self, buckets: list[_Bucket], chunks: list[Tensor]) -> Tensor:
-        """dL_train/dbeta1_{t-1} = <g_t, u_{t-1}>, shape (1,); u = 0 where none is kept."""
-        dots = []
-        for bucket, chunk in zip(buckets, chunks, strict=True):
-            directions = [state.get(DIRECTION) for state in bucket.states]
-            if any(u is not None for u in directions):
-                dots.append(torch.dot(chunk, flatten(_or_zeros(directions, bucket.grads))))
-        return _sum(dots) if dots else chunks[0].new_zeros(1)
+    def _beta1(self, x: Tensor, tensors: GateTensors | None) -> float:
+        """beta1_t = lo + (hi - lo) * sigmoid(gate(x_t)); the standard gate keeps its
+        activations in `tensors` for its gradient."""
+        s = sigmoid(self.gate(x).item()) if tensors is None else gate_forward(tensors, x)
+        self._activations = (x, tensors, s)
+        lo, hi = self.beta1_range
+        return lo + (hi - lo) * s
 
     def _lookahead(
         self,
         meta_closure: Callable[[], Tensor],
-        features: Tensor,
-        buckets: list[_Bucket],
-        directions: list[list[Tensor] | None],
+        x: Tensor,
+        tensors: GateTensors | None,
+        plan: Plan,
+        directions: list[Tensor | None],
     ) -> None:
         """The meta loss at theta_{t+1}, its exact hypergradient <grad L_meta, u_t>, a gate step."""
         with torch.enable_grad():
             meta_loss = meta_closure()
             if not isinstance(meta_loss, Tensor) or meta_loss.numel() != 1:
                 raise TypeError("meta_closure must return the meta loss as a scalar tensor")
-            params = [p for bucket in buckets for p in bucket.params]
-            meta_grads = iter(torch.autograd.grad(meta_loss, params, allow_unused=True))
-        dots = []
-        for bucket, direction in zip(buckets, directions, strict=True):
-            grads = _or_zeros([next(meta_grads) for _ in bucket.params], bucket.params)
-            dot = torch.dot(flatten(grads), flatten(direction))
-            dots.append(-dot if bucket.group["maximize"] else dot)  # maximize: the gate ascends
-        hypergradient = _sum(dots).to(features)
-        value = hypergradient.item() if math.isfinite(meta_loss.item()) else math.nan
-        self._step_gate(features, hypergradient, value)
+            meta_grads = torch.autograd.grad(meta_loss, plan.params, allow_unused=True)
+        dots, start = [meta_loss.reshape(()) if meta_loss.dim() else meta_loss], 0
+        for bucket, direction in zip(plan.buckets, directions, strict=True):
+            end = start + len(bucket.params)
+            dots.append(torch.dot(bucket.flatten(meta_grads[start:end]), direction))
+            start = end
+        values = _read([torch.stack(dots)], plan) if plan.one_device else [d.item() for d in dots]
+        hypergradient = sum(  # u_t = c_t w_t; with maximize the gate ascends
+            (-dot if bucket.group["maximize"] else dot) * bucket.direction_scale
+            for bucket, dot in zip(plan.buckets, values[1:], strict=True)
+        )
+        self._train_gate(x, hypergradient if math.isfinite(values[0]) else math.nan, tensors)
 
-    def _step_gate(self, features: Tensor, hypergradient: Tensor, value: float) -> None:
-        """Put dL/dphi = dL/dbeta1 * dbeta1/dphi at `features` in the gate's .grad and step its
-        Adam; a non-finite `value` (the hypergradient, read once) skips the update instead."""
-        if not math.isfinite(value):
-            for p in self.gate.parameters():
+    def _train_gate(self, x: Tensor, hypergradient: float, tensors: GateTensors | None) -> None:
+        """Put dL/dphi = dL/dbeta1 * dbeta1/dphi at input x in the gate's .grad and step its
+        optimizer; a non-finite hypergradient (or meta loss) skips the update instead."""
+        gate = self.gate
+        if not math.isfinite(hypergradient):
+            for p in gate.parameters():
                 p.grad = None
             self.skipped_gate_updates += 1
             if not self._warned_skip:
@@ -342,10 +255,20 @@ class DynamicAdam(Optimizer):
                 message += " (counted in skipped_gate_updates; this warning is shown once)"
                 warnings.warn(message, RuntimeWarning, stacklevel=4)
             return
-        params, grads = gate_gradients(self.gate, features, hypergradient, *self.beta1_range)
-        for p, grad in zip(params, grads, strict=True):
-            p.grad = grad
-        self.gate_optimizer.step()
+        lo, hi = self.beta1_range
+        optimizer = self.gate_optimizer
+        if tensors is not None and type(optimizer) is GateAdam and optimizer.gate is gate:
+            cached = self._activations  # the flat fast path
+            valid = cached is not None and cached[0] is x and cached[1] is tensors
+            s = cached[2] if valid else gate_forward(tensors, x)  # e.g. after load_state_dict
+            gate.attach_grad()
+            write_gate_gradient(tensors, x, hypergradient * (hi - lo) * s * (1.0 - s))
+        else:  # any gate module, any optimizer
+            upstream = torch.tensor([hypergradient], dtype=x.dtype, device=x.device)
+            params, grads = gate_gradients(gate, x, upstream, lo, hi)
+            for p, grad in zip(params, grads, strict=True):
+                p.grad = grad
+        optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
         """torch's optimizer state plus a "dynamic_adam" entry: gate, its optimizer, history."""
@@ -384,32 +307,14 @@ class DynamicAdam(Optimizer):
         self._features = (
             None if features is None else features.to(self.param_groups[0]["params"][0])
         )
+        self._clear_caches()
 
 
-def _initial_state(param: Tensor) -> dict[str, Any]:
-    return {
-        "step": 0,
-        "beta1_product": 1.0,  # P_0, the empty product; a Python float is a float64
-        "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-        "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
-    }
-
-
-def _sum(scalars: list[Tensor]) -> Tensor:
-    """The sum of 0-d tensors, as shape (1,)."""
-    return scalars[0].reshape(1) if len(scalars) == 1 else torch.stack(scalars).sum().reshape(1)
-
-
-def _or_zeros(tensors: list[Tensor | None], likes: list[Tensor]) -> list[Tensor]:
-    """`tensors` with zeros shaped like `likes` in place of None (no gradient, no direction)."""
-    pairs = zip(tensors, likes, strict=True)
-    return [torch.zeros_like(like) if t is None else t for t, like in pairs]
-
-
-def _raise_if_not_finite(statistics: list[float]) -> None:
-    """A non-finite gradient stops training before it reaches any state."""
-    if not all(map(math.isfinite, statistics)):
-        raise FloatingPointError(
-            f"DynamicAdam: the gradient is not finite (gate input {statistics}); "
-            "parameters, moments and gate were left unchanged"
-        )
+def _read(tensors: list[Tensor], plan: Plan) -> list[float]:
+    """The values of 1-D tensors, concatenated, as Python floats, read with one device
+    synchronisation where they share a device."""
+    if len(tensors) == 1:
+        return tensors[0].tolist()
+    if plan.one_device:
+        return torch.cat(tensors).tolist()
+    return [value for t in tensors for value in t.tolist()]

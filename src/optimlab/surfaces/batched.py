@@ -128,7 +128,9 @@ class DynamicAdam:
         W1 = self.phi[:, : 2 * H].view(-1, H, 2)
         b1, w2, b2 = self.phi[:, 2 * H : 3 * H], self.phi[:, 3 * H : 4 * H], self.phi[:, 4 * H :]
         h = torch.tanh(torch.bmm(W1, x.unsqueeze(2)).squeeze(2) + b1)
-        s = torch.sigmoid((w2 * h).sum(1, keepdim=True) + b2)
+        # not torch.sigmoid: it rounds its vectorised body and its scalar tail differently (by
+        # an ulp), so a row's beta1 would depend on where the row sits in the batch
+        s = 1 / (1 + torch.exp(-((w2 * h).sum(1, keepdim=True) + b2)))
         return self.lo + (self.hi - self.lo) * s, h, s
 
     def _train_gate(self, dL_dbeta1: Tensor, x: Tensor, h: Tensor, s: Tensor) -> None:
@@ -157,9 +159,9 @@ class DynamicAdam:
         bias_correction1 = 1 - self.P
         denom = self.v.sqrt() / math.sqrt(1 - self.beta2**self.t) + self.eps
         # u_t = dtheta_{t+1}/dbeta1_t = -lr dmhat/dbeta1 / denom, with
-        # dmhat/dbeta1 = (m_{t-1} - g_t) / (1 - P_t) + m_t P_{t-1} / (1 - P_t)^2
-        dmhat = torch.addcmul(m_prev - g, self.m, P_prev / bias_correction1)
-        self.pending = (x, h, s, dmhat / denom * (-self.lr / bias_correction1))
+        # dmhat/dbeta1 = (m_{t-1} - (1 - P_{t-1}) g_t) / (1 - P_t)^2 (0 at t = 1)
+        dmhat = m_prev - (1 - P_prev) * g  # times (1 - P_t)^2
+        self.pending = (x, h, s, dmhat / denom * (-self.lr / bias_correction1**2))
         return theta + -self.lr / bias_correction1 * self.m / denom
 
 
