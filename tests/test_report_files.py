@@ -13,7 +13,7 @@ from optimlab.report.document import Bullets, Image, Paragraph, Table, to_html, 
 from optimlab.report.figures import FIGURES
 from optimlab.study import StudyConfig, run_study
 
-TINY = StudyConfig(optimizers=["adam", "dynamic_adam"], trials=2, epochs=2, seeds=2, jobs=1)
+TINY = StudyConfig(optimizers=["adam", "dynamic_adam"], trials=2, epochs=2, seeds=2, workers=1)
 DRAWN = ["report.md", "report.html", *FIGURES]
 
 

@@ -42,3 +42,17 @@ def test_run_index_shows_verdict_and_surfaces_table(surfaces_dir):
 def test_report_of_a_directory_without_results_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="holds no optimlab results"):
         report_any(tmp_path)
+
+
+def test_run_refuses_a_different_config_before_running_surfaces(tmp_path, monkeypatch):
+    from optimlab.commands import run as run_command
+
+    out = tmp_path / "run"
+    (out / "mnist1d").mkdir(parents=True)
+    (out / "mnist1d" / "config.json").write_text(json.dumps({"config": {"trials": 999}}))
+
+    def surfaces_must_not_run(*args, **kwargs):
+        raise AssertionError("surfaces ran before the config check")
+
+    monkeypatch.setattr(run_command, "run_surfaces", surfaces_must_not_run)
+    assert main(["run", "--quick", "--out", str(out)]) == 2

@@ -57,10 +57,10 @@ def test_round_trip_through_dict():
 
 
 def test_run_name_depends_only_on_what_defines_the_experiment(tmp_path):
-    base = StudyConfig(optimizers=["adam"], jobs=1)
+    base = StudyConfig(optimizers=["adam"], workers=1)
     same = [
-        StudyConfig(optimizers=["sgd", "adam"], jobs=2),
-        StudyConfig(optimizers=["adam"], seeds=9, jobs=1, storage=f"sqlite:///{tmp_path}/x.db"),
+        StudyConfig(optimizers=["sgd", "adam"], workers=2),
+        StudyConfig(optimizers=["adam"], seeds=9, workers=1, storage=f"sqlite:///{tmp_path}/x.db"),
         StudyConfig(optimizers=["adam"], device="cuda", threads=2),
     ]
     different = [
@@ -87,7 +87,7 @@ def test_password_never_written(tmp_path):
 
 
 def test_run_dir_rules(tmp_path):
-    config = StudyConfig(optimizers=["adam"], trials=2, jobs=1)
+    config = StudyConfig(optimizers=["adam"], trials=2, workers=1)
     empty = tmp_path / "empty"
     empty.mkdir()
     prepare_run_dir(config, empty)  # an existing empty directory is used as is
@@ -97,7 +97,7 @@ def test_run_dir_rules(tmp_path):
     assert saved["resolved"]["storage"].endswith("study.db")
     prepare_run_dir(config, empty)  # same config: resume
     with pytest.raises(UsageError, match=r"different config \(trials: 2 there, 3 now\)"):
-        prepare_run_dir(StudyConfig(optimizers=["adam"], trials=3, jobs=1), empty)
+        prepare_run_dir(StudyConfig(optimizers=["adam"], trials=3, workers=1), empty)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
@@ -105,9 +105,18 @@ def test_run_dir_rules(tmp_path):
         prepare_run_dir(config, busy)
 
 
-def test_parallel_default_store_is_a_journal(tmp_path):
-    config = StudyConfig(optimizers=["adam", "sgd"], jobs=2)
-    assert config.storage_url(tmp_path).startswith("journal:///")
-    assert StudyConfig(optimizers=["adam"], jobs=2).storage_url(tmp_path).startswith("sqlite:///")
-    explicit = StudyConfig(optimizers=["adam", "sgd"], jobs=2, storage="sqlite:///s.db")
-    assert explicit.processes() == 1  # SQLite: one writer
+def test_parallel_default_store_is_a_journal_and_sqlite_takes_one_worker(tmp_path):
+    assert StudyConfig(optimizers=["adam"], workers=2).storage_url(tmp_path).startswith("journal")
+    assert StudyConfig(optimizers=["adam"], workers=1).storage_url(tmp_path).startswith("sqlite")
+    with pytest.raises(UsageError, match="SQLite is not safe for several writers"):
+        StudyConfig(workers=2, storage="sqlite:///s.db").validate()
+    StudyConfig(workers=2, storage="journal:///s.journal").validate()
+
+
+def test_heartbeat_settings_are_checked():
+    defaults = StudyConfig()
+    assert (defaults.workers, defaults.heartbeat_interval, defaults.grace_period) == (1, 2, 10)
+    with pytest.raises(UsageError, match="grace_period"):
+        StudyConfig(heartbeat_interval=5, grace_period=5).validate()
+    with pytest.raises(UsageError, match="heartbeat_interval"):
+        StudyConfig(heartbeat_interval=0).validate()

@@ -14,7 +14,7 @@ from optimlab.cli import main
 from optimlab.errors import UsageError
 from optimlab.study import StudyConfig, run_study
 
-TINY = StudyConfig(optimizers=["adam", "dynamic_adam"], trials=2, epochs=2, seeds=2, jobs=1)
+TINY = StudyConfig(optimizers=["adam", "dynamic_adam"], trials=2, epochs=2, seeds=2, workers=1)
 FILES = [
     "config.json",
     "trials.csv",
@@ -203,7 +203,7 @@ def test_cli_runs_a_study(tmp_path, capsys):
             "1",
             "--seeds",
             "2",
-            "--jobs",
+            "--workers",
             "1",
             "--out",
             str(out),
@@ -235,7 +235,9 @@ def test_quick_sets_small_budgets_and_explicit_options_win():
         ["--epochs", "-1"],
         ["--storage", "mysql://u:secret@h/db"],
         ["--val-fraction", "0"],
-        ["--jobs", "zero"],
+        ["--workers", "zero"],
+        ["--workers", "2", "--storage", "sqlite:///s.db"],
+        ["--grace-period", "1", "--heartbeat-interval", "2"],
     ],
 )
 def test_bad_options_are_one_line_errors_with_exit_2(args, tmp_path):
@@ -251,9 +253,18 @@ def test_bad_options_are_one_line_errors_with_exit_2(args, tmp_path):
 
 
 @pytest.mark.slow
-def test_parallel_jobs_give_the_same_numbers(tiny_run, tmp_path):
-    run_study(replace(TINY, jobs=2), tmp_path / "parallel", quiet=True)
+def test_two_local_workers_share_the_budgets_and_write_the_same_files(tiny_run, tmp_path):
+    run_study(replace(TINY, workers=2), tmp_path / "parallel", quiet=True)
     assert (tmp_path / "parallel" / "study.journal").exists()
-    assert json.loads((tmp_path / "parallel" / "summary.json").read_text()) == json.loads(
-        (tiny_run / "summary.json").read_text()
+    for name in FILES[:-1]:
+        assert (tmp_path / "parallel" / name).is_file(), name
+    trials = rows(tmp_path / "parallel" / "trials.csv")
+    for name in TINY.optimizers:  # exactly the budget, not one per worker more
+        assert sum(t["optimizer"] == name and t["state"] != "FAIL" for t in trials) == TINY.trials
+    final = rows(tmp_path / "parallel" / "finals.csv")
+    assert sorted((r["optimizer"], int(r["seed"])) for r in final) == sorted(
+        (o, s) for o in TINY.optimizers for s in TINY.final_seeds()
     )
+    parallel = json.loads((tmp_path / "parallel" / "summary.json").read_text())
+    serial = json.loads((tiny_run / "summary.json").read_text())
+    assert parallel.keys() == serial.keys() and parallel["run_name"] == serial["run_name"]

@@ -2,6 +2,7 @@
 
 import json
 
+import PIL.Image
 import pytest
 
 from optimlab import study
@@ -16,13 +17,16 @@ def test_run_wires_both_parts_and_the_report(tmp_path, monkeypatch, capsys):
     def fake_benchmark(**kw):
         calls.append(kw)
         kw["out"].mkdir(parents=True)
-        (kw["out"] / "summary.csv").write_text("function,optimizer\n")
+        (kw["out"] / "summary.csv").write_text("function,optimizer\nsphere,adam\n")
+        row = {"function": "sphere", "optimizer": "adam", "success_rate": 1.0}
+        (kw["out"] / "summary.json").write_text(json.dumps({"rows": [row]}))
+        PIL.Image.new("RGB", (2, 2)).save(kw["out"] / "convergence.png")
 
     monkeypatch.setattr(optimlab.surfaces, "benchmark", fake_benchmark)
     monkeypatch.setattr(study, "QUICK", {"trials": 1, "epochs": 1, "seeds": 2})
     monkeypatch.setattr("optimlab.mnist1d.variants.DEFAULT_VARIANTS", ["adam", "dynamic_adam"])
     out = tmp_path / "run"
-    assert main(["run", "--quick", "--seed", "3", "--jobs", "1", "--out", str(out)]) == 0
+    assert main(["run", "--quick", "--seed", "3", "--workers", "1", "--out", str(out)]) == 0
     assert len(calls) == 1 and calls[0]["seed"] == 3 and calls[0]["out"] == out / "surfaces"
     assert calls[0]["steps"] < 500 and calls[0]["starts"] < 16  # quick budgets
     config = json.loads((out / "mnist1d" / "config.json").read_text())["config"]

@@ -75,7 +75,7 @@ def test_unreachable_server_error_never_shows_the_password():
     assert "hunter2" not in message and "me:***@127.0.0.1" in message and "\n" not in message
 
 
-def test_trials_of_dead_processes_are_reclaimed(tmp_path):
+def test_trials_of_dead_processes_are_failed_and_queued_again(tmp_path):
     study = optuna.create_study(storage=storage.open_storage(f"sqlite:///{tmp_path}/s.db"))
     dead_id = subprocess.run(
         [sys.executable, "-c", "from optimlab.storage import worker_id; print(worker_id())"],
@@ -84,11 +84,37 @@ def test_trials_of_dead_processes_are_reclaimed(tmp_path):
         check=True,
     ).stdout.strip()
     dead = study.ask()
+    dead.suggest_float("x", 0, 1)
     dead.set_user_attr(storage.WORKER_ATTR, dead_id)
     alive = study.ask()
     alive.set_user_attr(storage.WORKER_ATTR, storage.worker_id())
     elsewhere = study.ask()
     elsewhere.set_user_attr(storage.WORKER_ATTR, "another-host:1:1")
     assert storage.reclaim_dead_trials(study) == 1
-    states = [t.state for t in study.get_trials()]
-    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
+    copy = trials[3]  # Optuna's retry copy: same parameters, and no longer the dead owner's
+    assert copy.params == trials[0].params and copy.system_attrs["failed_trial"] == 0
+    assert storage.WORKER_ATTR not in copy.user_attrs
+    assert storage.reclaim_dead_trials(study) == 0  # failed once, queued once
+
+
+def test_a_trial_that_never_got_an_owner_is_reclaimed_after_the_grace_period():
+    study = optuna.create_study()
+    study.ask()  # a worker killed between asking and recording itself
+    assert storage.reclaim_dead_trials(study, grace_period=60) == 0
+    assert storage.reclaim_dead_trials(study, grace_period=0) == 1
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_url_from_the_environment(monkeypatch):
+    monkeypatch.delenv(storage.ENV_VAR, raising=False)
+    assert storage.url_or_env(None) is None
+    monkeypatch.setenv(storage.ENV_VAR, "postgresql://me:pw@h/db")
+    assert storage.url_or_env(None) == "postgresql://me:pw@h/db"
+    assert storage.url_or_env("sqlite:///x.db") == "sqlite:///x.db"  # --storage wins
+    monkeypatch.setenv(storage.ENV_VAR, "mysql://me:hunter2@h/db")
+    with pytest.raises(UsageError, match="OPTIMLAB_STORAGE") as exc:
+        storage.url_or_env(None)
+    assert "hunter2" not in str(exc.value)

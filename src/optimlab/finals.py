@@ -2,9 +2,10 @@
 
 Each (optimizer, seed) run is one unit of work in the storage: a trial of the study
 `<run>-<optimizer>-final`, enqueued with the seed as a fixed parameter and the
-hyperparameters as a user attribute, so the trial describes its own work and any process
-that pops it can run it. Its metrics (per-epoch history, per-step beta1, test metrics) are
-user attributes; its value is the test loss. A diverged run is PRUNED with diverged=True.
+hyperparameters as a user attribute, so the trial describes its own work and any worker
+that pops it, on any machine, can run it. Exactly one run per seed finishes. Its metrics
+(per-epoch history, per-step beta1, test metrics) are user attributes; its value is the
+test loss. A diverged run is PRUNED with diverged=True.
 Only here is the test set used.
 """
 
@@ -21,8 +22,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimlab.mnist1d.data import Splits
 from optimlab.mnist1d.train import EpochMetrics, train
-from optimlab.storage import WORKER_ATTR, heartbeat, reclaim_dead_trials, worker_id
-from optimlab.tuning import FINISHED, Emit, TrainSettings, _epoch_event
+from optimlab.storage import SURPLUS_ATTR, WORKER_ATTR, reclaim_dead_trials, worker_id
+from optimlab.tuning import (
+    FINISHED,
+    POLL_SECONDS,
+    Emit,
+    TrainSettings,
+    _epoch_event,
+    drop_queued,
+    run_one,
+    surplus,
+)
 
 SEED_RANGE = (0, 2**31 - 1)
 
@@ -52,52 +62,82 @@ def run_finals(
     settings: TrainSettings,
     splits: Splits,
     emit: Emit = lambda event: None,
+    poll: float = POLL_SECONDS,
 ) -> None:
-    """Run the missing seeds of `params` (resuming: finished seeds are kept)."""
-    reclaim_dead_trials(study)
+    """Run the missing seeds of `params`, sharing them with every worker on the storage.
+
+    Returns when every seed has finished (resuming: finished seeds are kept). A seed that is
+    neither finished nor queued nor running is enqueued; then this worker pops a queued one,
+    or waits while the rest runs elsewhere (failing stale runs, whose copies are re-queued).
+    Two workers may enqueue the same seed at once: only the lowest-numbered copy runs.
+    """
     wanted = key(params)
-    queued = {
-        int(t.user_attrs["seed"])
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-        if key(t.user_attrs.get("hyperparameters", {})) == wanted
-    }
-    done = set(final_trials(study, params))
-    for seed in seeds:
-        if seed not in done and seed not in queued:
-            attrs = {"seed": seed, "optimizer": optimizer, "hyperparameters": params}
-            study.enqueue_trial({"seed": seed}, user_attrs={**attrs, "tuning_trial": tuning_trial})
-    index = len(done)
-    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial = study.ask()
-        if "seed" not in trial.user_attrs:  # another worker took the last one
-            study.tell(trial, state=TrialState.FAIL)
-            break
-        index += 1
-        seed = trial.suggest_int("seed", *SEED_RANGE)
+
+    def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_id())
+        if "seed" not in trial.user_attrs or _taken(study, trial):
+            raise surplus(trial)  # nothing was queued, or an earlier copy covers this seed
+        seed = trial.suggest_int("seed", *SEED_RANGE)
+        index = seeds.index(seed) + 1 if seed in seeds else len(seeds)
         emit({"kind": "unit", "optimizer": optimizer, "phase": "final", "index": index})
-        try:
-            with heartbeat(study, trial):
-                state, value = _run_one(trial, seed, settings, splits, emit)
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        study.tell(trial, value, state=state)
+        test_loss = _train(trial, seed, settings, splits, emit)
+        if test_loss is None:
+            raise optuna.TrialPruned("diverged")  # PRUNED with diverged=True: counted, not rerun
+        return test_loss
+
+    while True:
+        reclaim_dead_trials(study)
+        ours = [t for t in study.get_trials(deepcopy=False) if _key(t) == wanted]
+        done = {int(t.user_attrs["seed"]) for t in ours if t.state in FINISHED}
+        emit({"kind": "count", "optimizer": optimizer, "phase": "final", "finished": len(done)})
+        if done >= set(seeds):
+            drop_queued(study)
+            return
+        pending = {int(t.user_attrs["seed"]) for t in ours if not t.state.is_finished()}
+        for seed in seeds:
+            if seed not in done and seed not in pending:
+                attrs = {"seed": seed, "optimizer": optimizer, "hyperparameters": params}
+                study.enqueue_trial(
+                    {"seed": seed}, user_attrs={**attrs, "tuning_trial": tuning_trial}
+                )
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            emit({"kind": "wait", "optimizer": optimizer, "phase": "final"})
+            time.sleep(poll)  # the remaining seeds are running on other workers
+            continue
+        trial = run_one(study, objective)
+        if trial is None or trial.user_attrs.get(SURPLUS_ATTR):
+            continue
         emit(
             {
                 "kind": "done",
                 "optimizer": optimizer,
                 "phase": "final",
-                "index": index,
-                "state": "DIVERGED" if state == TrialState.PRUNED else "COMPLETE",
-                "value": value,
+                "index": len(done) + 1,
+                "state": "DIVERGED" if trial.state == TrialState.PRUNED else "COMPLETE",
+                "value": trial.value if trial.state == TrialState.COMPLETE else None,
             }
         )
 
 
-def _run_one(
+def _key(trial: FrozenTrial) -> str:
+    return key(trial.user_attrs.get("hyperparameters", {}))
+
+
+def _taken(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether an earlier trial that did not fail runs (or ran) the same configuration and seed."""
+    mine = (_key(trial), trial.user_attrs["seed"])
+    return any(
+        t.number < trial.number
+        and t.state != TrialState.FAIL
+        and (_key(t), t.user_attrs.get("seed")) == mine
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def _train(
     trial: optuna.Trial, seed: int, settings: TrainSettings, splits: Splits, emit: Emit
-) -> tuple[TrialState, float | None]:
+) -> float | None:
+    """Train one final run, record its metrics on the trial; its test loss (None: diverged)."""
     optimizer = trial.user_attrs["optimizer"]
     params = trial.user_attrs["hyperparameters"]
 
@@ -112,6 +152,4 @@ def _run_one(
     test_loss = result.final.test_loss if result.history else None
     diverged = result.diverged or test_loss is None or not math.isfinite(test_loss)
     trial.set_user_attr("diverged", diverged)
-    if diverged:
-        return TrialState.PRUNED, None
-    return TrialState.COMPLETE, float(test_loss)
+    return None if diverged else float(test_loss)

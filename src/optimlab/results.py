@@ -21,7 +21,7 @@ from optimlab.finals import final_trials
 from optimlab.mnist1d.train import EpochMetrics
 from optimlab.mnist1d.variants import VARIANTS
 from optimlab.stats import mean_ci, welch
-from optimlab.storage import open_storage
+from optimlab.storage import SURPLUS_ATTR, open_storage
 from optimlab.study import CLAIM, StudyConfig, final_study_name, tune_study_name
 from optimlab.study_workers import best_trial
 from optimlab.tuning import param_importances, search_space
@@ -41,7 +41,12 @@ def write_results(config: StudyConfig, url: str, run_dir: Path) -> dict[str, Any
     for optimizer in config.optimizers:
         tuning = optuna.load_study(storage=storage, study_name=tune_study_name(run, optimizer))
         final = optuna.load_study(storage=storage, study_name=final_study_name(run, optimizer))
-        tune_trials = sorted(tuning.get_trials(deepcopy=False), key=lambda t: t.number)
+        # Surplus trials were asked by a worker once the budget was covered and never ran.
+        tune_trials = [
+            t
+            for t in sorted(tuning.get_trials(deepcopy=False), key=lambda t: t.number)
+            if not t.user_attrs.get(SURPLUS_ATTR)
+        ]
         trials += [_trial_row(optimizer, t) for t in tune_trials]
         best = best_trial(tuning)
         runs = final_trials(final, best.params) if best else {}

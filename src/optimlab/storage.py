@@ -1,4 +1,4 @@
-"""Optuna storage URLs: parse, mask the password, open, and reclaim trials of dead processes.
+"""Optuna storage URLs: parse, mask the password, open, and reclaim trials of dead workers.
 
 Three schemes, so a study runs on one laptop or on many machines without code changes:
 
@@ -6,15 +6,19 @@ Three schemes, so a study runs on one laptop or on many machines without code ch
 - `journal:///PATH`: an Optuna journal file, safe for several processes on one machine;
 - `postgresql://USER:PASSWORD@HOST/DB`: a shared server for many machines.
 
-A URL's password is never printed or written: every message uses `mask_url`.
+The URL may come from the environment (`OPTIMLAB_STORAGE`) so a password stays off the
+command line. A URL's password is never printed or written: every message uses `mask_url`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import datetime
+import importlib.util
 import os
 import socket
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -26,7 +30,11 @@ if TYPE_CHECKING:
 
 SCHEMES = ("sqlite", "journal", "postgresql")
 USAGE = "use sqlite:///PATH, journal:///PATH or postgresql://USER@HOST/DB"
-WORKER_ATTR = "worker"  # user attribute naming the process that runs a trial: "host:pid"
+ENV_VAR = "OPTIMLAB_STORAGE"  # the storage URL when --storage is not given
+WORKER_ATTR = "worker"  # user attribute naming the process that runs a trial: "host:pid:start"
+SURPLUS_ATTR = "surplus"  # user attribute of a trial asked once the budget was covered (never run)
+HEARTBEAT_INTERVAL = 2  # seconds between heartbeats of a running trial (PostgreSQL)
+GRACE_PERIOD = 10  # seconds without a heartbeat before a running trial is failed and re-queued
 
 
 def mask_url(url: str) -> str:
@@ -60,6 +68,20 @@ def scheme_of(url: str) -> str:
     return kind
 
 
+def url_or_env(url: str | None) -> str | None:
+    """`url` if given, else the checked URL in $OPTIMLAB_STORAGE, else None."""
+    if url:
+        return url
+    value = os.environ.get(ENV_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        scheme_of(value)
+    except UsageError as exc:
+        raise UsageError(f"{ENV_VAR}: {exc}") from None
+    return value
+
+
 def file_path(url: str) -> Path | None:
     """The file behind a sqlite/journal URL (`sqlite:///rel`, `sqlite:////abs`), else None."""
     if scheme_of(url) == "postgresql":
@@ -75,8 +97,15 @@ def default_url(run_dir: str | os.PathLike, *, processes: int = 1) -> str:
     return f"sqlite:///{run_dir / 'study.db'}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """The Optuna storage behind `url`; RunError (password masked) when it cannot be opened."""
+def open_storage(
+    url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> optuna.storages.BaseStorage:
+    """The Optuna storage behind `url`; RunError (password masked) when it cannot be opened.
+
+    With `heartbeat_interval` (workers, not readers), a PostgreSQL storage records a heartbeat
+    of every running trial; one silent for `grace_period` seconds is failed, and Optuna's
+    `RetryHeartbeatStaleTrialCallback` queues a copy of it (same parameters) to run again.
+    """
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
@@ -90,10 +119,31 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             path = file_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.RDBStorage(url, engine_kwargs={"creator": _sqlite(path)})
-        # Heartbeats turn the trials of a crashed worker into FAIL so they are run again.
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        if heartbeat_interval is None:
+            return optuna.storages.RDBStorage(_with_driver(url))
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                _with_driver(url),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=requeue,
+            )
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
-        raise RunError(f"cannot open storage {mask_url(url)}: {_scrub(str(exc), url)}") from None
+        hint = "; install optimlab[postgres]" if isinstance(exc, ImportError) else ""
+        raise RunError(
+            f"cannot open storage {mask_url(url)}: {_scrub(str(exc), url)}{hint}"
+        ) from None
+
+
+def _with_driver(url: str) -> str:
+    """A plain postgresql:// URL with the driver that is installed: SQLAlchemy 2.1 assumes
+    psycopg 3, while the `postgres` extra installs psycopg2."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("postgresql", "postgres"):
+        return url  # a driver is named (postgresql+psycopg2://...)
+    driver = "psycopg2" if importlib.util.find_spec("psycopg2") else "psycopg"
+    return f"postgresql+{driver}://{rest}"
 
 
 def _sqlite(path: Path):
@@ -127,36 +177,63 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
 
 
-def reclaim_dead_trials(study: optuna.Study) -> int:
-    """Mark FAIL the RUNNING trials whose process on this host is gone; return how many.
+def reclaim_dead_trials(study: optuna.Study, *, grace_period: float = GRACE_PERIOD) -> int:
+    """Fail the RUNNING trials of dead workers and queue each again; return how many here.
 
-    A killed run leaves its trial RUNNING for ever on SQLite and journal files; failing it
-    lets the study run it again. The start time in the worker id tells a dead process from a
-    new one that reuses its pid. Trials of live processes and of other hosts are left alone;
-    on PostgreSQL, stale heartbeats fail those of other hosts.
+    On PostgreSQL, Optuna fails trials whose heartbeat is stale (any host) and its retry
+    callback queues them. Every storage also gets, from here: trials whose process on this
+    host is gone (a killed run leaves its trial RUNNING for ever on SQLite and journal files;
+    the start time in the worker id tells a dead process from a new one reusing its pid), and
+    trials that never got an owner within `grace_period` seconds (killed right after asking).
+    Each is failed, then re-queued like the stale ones (`requeue`): a WAITING copy with its
+    parameters, which the next `ask` of any worker pops.
     """
-    from optuna.storages._heartbeat import fail_stale_trials, is_heartbeat_enabled
+    import optuna
     from optuna.trial import TrialState
 
-    if is_heartbeat_enabled(study._storage):
-        fail_stale_trials(study)
-    host = socket.gethostname()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    host, now = socket.gethostname(), datetime.datetime.now()
     reclaimed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, _, process = str(trial.user_attrs.get(WORKER_ATTR, "")).partition(":")
-        pid, _, started = process.partition(":")
-        if owner_host == host and pid.isdigit() and _start_time(int(pid)) != started:
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        owner = trial.user_attrs.get(WORKER_ATTR)
+        if owner is None:
+            started = trial.datetime_start or now
+            dead = (now - started).total_seconds() > grace_period
+        else:
+            owner_host, _, process = str(owner).partition(":")
+            pid, _, started = process.partition(":")
+            dead = owner_host == host and pid.isdigit() and _start_time(int(pid)) != started
+        if dead and _fail(study, trial._trial_id):
+            requeue(study, study._storage.get_trial(trial._trial_id))
             reclaimed += 1
     return reclaimed
 
 
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> contextlib.AbstractContextManager:
-    """While a trial runs, beat its heartbeat (storages with heartbeats: PostgreSQL here), as
-    `Study.optimize` does; a no-op elsewhere."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a failed trial again with Optuna's `RetryHeartbeatStaleTrialCallback`, minus our
+    own marks: the dead worker's id (the copy must not look orphaned once a live worker pops
+    it) and a surplus mark the dead worker may have set just before it died."""
+    import optuna
 
-    return get_heartbeat_thread(trial._trial_id, study._storage)
+    trial = copy.deepcopy(trial)
+    for name in (WORKER_ATTR, SURPLUS_ATTR):
+        trial.user_attrs.pop(name, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+
+
+def _fail(study: optuna.Study, trial_id: int) -> bool:
+    """Set a RUNNING trial to FAIL; False when another worker finished or failed it first."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        return study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
 
 
 def _start_time(pid: int) -> str:

@@ -3,9 +3,10 @@
     config -> run directory (config.json) -> per optimizer: Optuna tuning on train/val,
     then the best configuration on K seeds with test metrics -> result files -> report
 
-Each optimizer is one independent unit (its tuning study, then its final study), so units
-run in parallel processes (`jobs`) without changing any number. All progress lives in the
-Optuna storage: rerunning the same command on the same directory resumes.
+Each optimizer has a tuning study and a final-run study, named from the config, so every
+worker started with the same options (processes here, `workers`, or machines sharing a
+PostgreSQL storage) joins the same studies and shares their budgets. All progress lives in
+the Optuna storage: rerunning the same command on the same directory resumes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,14 +22,20 @@ from typing import Any
 from optimlab.atomic import write_json
 from optimlab.errors import UsageError
 from optimlab.mnist1d import variants
-from optimlab.storage import default_url, mask_url, scheme_of
+from optimlab.storage import (
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    default_url,
+    file_path,
+    mask_url,
+    scheme_of,
+)
 
 CLAIM = {"dynamic_adam_val_loss": 0.238, "adam_val_loss": 1.103, "mnist1d_mlp_test_accuracy": 0.68}
 QUICK = {"trials": 4, "epochs": 3, "seeds": 2}
+CONFIG_ATTR = "config"  # study user attribute: the config of the run (storage masked)
 FINAL_SEED_OFFSET = 1000  # final seeds are seed+1000, seed+1001, ...: never the tuning seed
 MODELS = ("mlp", "cnn")  # optimlab.mnist1d.models.MODELS, without importing torch
-# Both cores of a laptop: units run in parallel without changing any number (see jobs).
-DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 
 
 def default_optimizers() -> list[str]:
@@ -52,8 +58,11 @@ class StudyConfig:
     storage: str | None = None  # Optuna storage URL; None: study.db / study.journal in the run
     study_name: str | None = None  # prefix of the Optuna study names; None: from the config
     device: str = "cpu"
-    jobs: int = field(default_factory=lambda: DEFAULT_JOBS)  # processes, one optimizer each
+    # Worker processes on this machine, all sharing every study (1: reproducible proposals).
+    workers: int = 1
     threads: int = 1  # torch threads per process
+    heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds (PostgreSQL heartbeats)
+    grace_period: int = GRACE_PERIOD  # seconds without heartbeat before a trial is re-run
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
@@ -77,8 +86,14 @@ class StudyConfig:
         if len(set(self.optimizers)) != len(self.optimizers):
             raise UsageError("config key 'optimizers': names must not repeat")
         self.optimizers = list(self.optimizers)
-        for name in ("trials", "epochs", "seeds", "batch_size", "jobs", "threads"):
+        positive = ("trials", "epochs", "seeds", "batch_size", "workers", "threads")
+        for name in (*positive, "heartbeat_interval", "grace_period"):
             _check(name, getattr(self, name), lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        if self.grace_period <= self.heartbeat_interval:
+            raise UsageError(
+                f"config key 'grace_period': expected more than the heartbeat interval "
+                f"({self.heartbeat_interval} s), got {self.grace_period}"
+            )
         _check("seed", self.seed, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
         _check("val_fraction", self.val_fraction, _fraction, "a number in (0, 1)")
         _check("model", self.model, lambda v: v in MODELS, f"one of {', '.join(MODELS)}")
@@ -88,7 +103,11 @@ class StudyConfig:
         _check("study_name", self.study_name, _optional_name, "a name of letters, digits, -_.")
         if self.storage is not None:
             _check("storage", self.storage, lambda v: isinstance(v, str), "a URL")
-            scheme_of(self.storage)
+            if scheme_of(self.storage) == "sqlite" and self.workers > 1:
+                raise UsageError(
+                    "SQLite is not safe for several writers: with --workers > 1 use "
+                    "journal:///PATH or postgresql://..."
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +141,12 @@ class StudyConfig:
         keys = ("trials", "epochs", "batch_size", "model", "val_fraction", "meta_source", "seed")
         return {**{k: getattr(self, k) for k in keys}, "search_spaces": ranges, "pruner": pruner}
 
+    def differences(self, other: StudyConfig) -> list[str]:
+        """The experiment fields in which `other` differs from this config, as "key: a there,
+        b here" (workers that share studies must run the same experiment)."""
+        ours, theirs = self.experiment(), other.experiment()
+        return [f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
+
     def run_name(self) -> str:
         """Prefix of the Optuna study names: --study-name, or a stable hash of `experiment()`."""
         if self.study_name:
@@ -132,16 +157,9 @@ class StudyConfig:
     def final_seeds(self) -> list[int]:
         return [self.seed + FINAL_SEED_OFFSET + i for i in range(self.seeds)]
 
-    def processes(self) -> int:
-        """How many processes run units: `jobs`, but one on an explicit SQLite storage (SQLite
-        is not made for several writers; use a journal file or PostgreSQL for that)."""
-        if self.storage is not None and self.storage.lower().startswith("sqlite"):
-            return 1
-        return min(self.jobs, len(self.optimizers))
-
     def storage_url(self, run_dir: Path) -> str:
         """The storage URL: the explicit one, else the run directory's embedded store."""
-        return self.storage or default_url(run_dir, processes=self.processes())
+        return self.storage or default_url(run_dir, processes=self.workers)
 
 
 def tune_study_name(run: str, optimizer: str) -> str:
@@ -214,11 +232,16 @@ def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
 
 
 def run_study(config: StudyConfig, run_dir: str | Path, *, quiet: bool = False) -> Path:
-    """Run (or resume) the whole study into `run_dir`; return the path of report.md."""
+    """Run (or resume) the whole study into `run_dir`; return the path of report.md.
+
+    This invocation's workers return once every study of the run is finished, whichever
+    worker (here or on another machine) ran each trial; the result files are then written
+    from the storage, so every machine's run directory gets the same results.
+    """
     from optimlab.report import build_report
     from optimlab.results import write_results
     from optimlab.study_progress import StudyProgress
-    from optimlab.study_workers import run_units
+    from optimlab.study_workers import run_workers
 
     config.validate()
     run_dir = Path(run_dir)
@@ -226,8 +249,91 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, quiet: bool = False) 
     url = config.storage_url(run_dir)
     start = time.perf_counter()
     with StudyProgress(config, quiet=quiet) as progress:
-        run_units(config, url, progress.emit)
+        run_workers(config, url, progress.emit)
     seconds = time.perf_counter() - start
     timings = write_results(config, url, run_dir)
     write_json(run_dir / "timings.json", {"wall_seconds_this_invocation": seconds, **timings})
     return build_report(run_dir)
+
+
+def report_from_storage(url: str, run_dir: str | Path, *, run: str | None = None) -> Path:
+    """Write the result files and the report of a run from its storage into `run_dir`.
+
+    `run_dir` is the run directory of any worker (its config.json names the run), or a new
+    or empty directory: the run then comes from the storage, where every worker leaves its
+    config on the tuning studies; `run` (a study prefix) picks one when there are several.
+    """
+    from optimlab.report import build_report
+    from optimlab.results import write_results
+
+    run_dir = Path(run_dir)
+    path = file_path(url)
+    if path is not None and not path.exists():  # opening it would create an empty store
+        raise UsageError(f"no storage file {path}")
+    saved = run_dir / "config.json"
+    if saved.exists():
+        config = StudyConfig.from_dict(_read_config(saved))
+        if run is not None and run != config.run_name():
+            raise UsageError(f"{run_dir} holds run {config.run_name()!r}, not {run!r}")
+    else:
+        config = stored_config(url, run)
+        config.storage = url  # recorded masked
+        prepare_run_dir(config, run_dir)
+    missing = sorted(set(_study_names(config)) - set(_stored_names(url)))
+    if missing:
+        raise UsageError(f"{mask_url(url)} holds no study {missing[0]}; is it the run's storage?")
+    timings_path = run_dir / "timings.json"
+    previous = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    wall = {k: v for k, v in previous.items() if k == "wall_seconds_this_invocation"}
+    write_json(timings_path, {**wall, **write_results(config, url, run_dir)})
+    return build_report(run_dir)
+
+
+def stored_config(url: str, run: str | None = None) -> StudyConfig:
+    """The config of run `run` (or of the only run) that workers left in the storage."""
+    import optuna
+
+    from optimlab.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies = optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)
+    names = {s.study_name for s in studies}
+    runs: dict[str, StudyConfig] = {}
+    for study in studies:
+        data = study.user_attrs.get(CONFIG_ATTR)
+        if study.study_name.endswith("-tune") and isinstance(data, dict):
+            config = StudyConfig.from_dict(data)
+            known = runs.setdefault(config.run_name(), config)
+            known.optimizers += [o for o in config.optimizers if o not in known.optimizers]
+    if not runs:
+        raise UsageError(f"no mnist1d study run in {mask_url(url)}")
+    listed = ", ".join(sorted(runs))
+    if run is None and len(runs) == 1:
+        run = next(iter(runs))
+    elif run is None:
+        raise UsageError(f"{mask_url(url)} holds runs: {listed}; pick one with --study-name")
+    if run not in runs:
+        raise UsageError(f"no run {run!r} in {mask_url(url)} (runs: {listed})")
+    config = runs[run]
+    config.optimizers = [o for o in config.optimizers if tune_study_name(run, o) in names]
+    return config
+
+
+def _study_names(config: StudyConfig) -> list[str]:
+    run = config.run_name()
+    return [f(run, o) for o in config.optimizers for f in (tune_study_name, final_study_name)]
+
+
+def _stored_names(url: str) -> list[str]:
+    import optuna
+
+    from optimlab.storage import open_storage
+
+    return optuna.get_all_study_names(open_storage(url))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())["config"]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is not a study config") from None

@@ -1,8 +1,9 @@
 """Progress of a study on stderr: a rich display on a terminal, one line per run otherwise.
 
-Units of work send plain-dict events (they cross process boundaries):
-`start` (optimizer, tuned, finished: what the storage already holds), `unit` (a trial or a
-final seed begins), `epoch`, `done` (state, value) and `skip` (no viable configuration).
+Workers send plain-dict events (they cross process boundaries): `count` (how many trials
+of a phase have finished, as the storage says: every worker, on every machine, counts),
+`unit` (a trial or a final seed begins), `epoch`, `done` (state, value), `wait` (the rest of
+a phase runs on other workers), `skip` (no viable configuration) and `note` (a message).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class StudyProgress:
         self.units = config.trials + config.seeds
         self.tasks: dict[str, Any] = {}
         self.status: dict[str, str] = {}
+        self.counts: dict[str, dict[str, int]] = {}
 
     def __enter__(self) -> StudyProgress:
         if self.live:
@@ -44,10 +46,14 @@ class StudyProgress:
             self.progress.stop()
 
     def emit(self, event: dict[str, Any]) -> None:
-        kind, optimizer = event["kind"], event["optimizer"]
-        if kind == "start":
-            done = event["tuned"] + event["finished"]
-            self._advance(optimizer, done)
+        kind = event["kind"]
+        if kind == "note":
+            if not self.quiet:
+                self.console.print(event["message"], highlight=False)
+            return
+        optimizer = event["optimizer"]
+        if kind == "count":
+            self._count(optimizer, event["phase"], event["finished"])
         elif kind == "unit":
             label = "trial" if event["phase"] == "tune" else "seed"
             total = self.config.trials if event["phase"] == "tune" else self.config.seeds
@@ -57,13 +63,23 @@ class StudyProgress:
             val = event["val_loss"]
             epoch = f"epoch {event['epoch']}/{event['epochs']} val {val:.4f}"
             self._describe(optimizer, epoch)
+        elif kind == "wait":
+            self.status[optimizer] = "waiting for other workers"
+            self._describe(optimizer, "")
         elif kind == "done":
-            self._advance(optimizer, 1)
             self._line(event)
         elif kind == "skip":
-            self._advance(optimizer, self.config.seeds)
+            self._count(optimizer, "final", self.config.seeds)
             if not self.quiet:
                 self.console.print(f"{optimizer}: no trial completed; no final runs")
+
+    def _count(self, optimizer: str, phase: str, finished: int) -> None:
+        """Set an optimizer's bar from the storage's count (never backwards)."""
+        counts = self.counts.setdefault(optimizer, {"tune": 0, "final": 0})
+        limit = self.config.trials if phase == "tune" else self.config.seeds
+        before = sum(counts.values())
+        counts[phase] = max(counts[phase], min(finished, limit))
+        self._advance(optimizer, sum(counts.values()) - before)
 
     def _task(self, optimizer: str) -> Any:
         if optimizer not in self.tasks:

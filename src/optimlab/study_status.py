@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from optimlab.errors import UsageError
-from optimlab.storage import file_path, mask_url, open_storage
+from optimlab.storage import SURPLUS_ATTR, file_path, mask_url, open_storage
 
 
 def study_rows(url: str) -> list[dict[str, Any]]:
@@ -24,7 +24,8 @@ def study_rows(url: str) -> list[dict[str, Any]]:
     rows = []
     for name in sorted(names):
         study = optuna.load_study(study_name=name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
+        # Surplus trials (asked once the budget was covered, never run) are not failures.
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS_ATTR)]
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
         complete = [t.value for t in trials if t.state == TrialState.COMPLETE]
         rows.append(

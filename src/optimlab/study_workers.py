@@ -1,8 +1,10 @@
-"""Running the study's units (one optimizer: tuning, then finals) in one or more processes.
+"""The study's workers: each walks every optimizer (tuning, then final runs) in the shared
+storage, and leaves a study only when its budget is finished.
 
-A unit depends only on the config, the storage and the optimizer, so running units in
-parallel processes gives the same numbers as running them in turn. Worker processes send
-their progress events to the parent through a queue.
+Workers share work through Optuna's storage alone, so the same code runs as one process,
+as `workers` processes on this machine, or as commands started on many machines against
+one PostgreSQL database. Worker processes send their progress events to the parent through
+a queue; an error in one stops the others.
 """
 
 from __future__ import annotations
@@ -10,69 +12,93 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import queue
+import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any
 
-from optimlab.study import StudyConfig, final_study_name, tune_study_name
+from optimlab.errors import OptimlabError, RunError, UsageError
+from optimlab.study import CONFIG_ATTR, StudyConfig, final_study_name, tune_study_name
 
 Emit = Callable[[dict[str, Any]], None]
 
-# Relative cost of a unit (measured: lookahead variants run an extra forward/backward per step,
-# the published procedure a second-order graph): the costliest start first, so parallel
-# workers finish together.
-COST = {"dynamic_adam_published": 3.0, "dynamic_adam": 1.5, "dynamic_adam_train": 1.5}
 
-
-def run_units(config: StudyConfig, url: str, emit: Emit) -> None:
-    """Tune and run the finals of every optimizer of `config`, resuming what is stored."""
-    jobs = config.processes()
-    if jobs == 1:
+def run_workers(config: StudyConfig, url: str, emit: Emit) -> None:
+    """Run `config.workers` workers on this machine until every study of the run is finished."""
+    if config.workers == 1:
         _setup_process(config.threads)
-        for optimizer in config.optimizers:
-            run_unit(config, url, optimizer, emit)
+        run_worker(config, url, 0, emit)
         return
-    order = sorted(config.optimizers, key=lambda name: -COST.get(name, 1.0))
     context = multiprocessing.get_context("spawn")  # safe with torch; fork is not
     events = context.Queue()
-    with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_init_worker, initargs=(events, config.threads)
-    ) as pool:
-        futures = [pool.submit(_worker_unit, config.to_dict_raw(), url, o) for o in order]
-        try:
-            pending = set(futures)
-            while pending:
-                _drain(events, emit, timeout=0.1)
-                done, pending = wait(pending, timeout=0, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    future.result()  # re-raise a worker's error here
-            _drain(events, emit, timeout=0)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-
-
-def _drain(events: Any, emit: Emit, timeout: float) -> None:
+    processes = [
+        context.Process(
+            target=_worker_main,
+            args=(config.to_dict_raw(), url, index, events),
+            name=f"optimlab-worker-{index}",
+        )
+        for index in range(config.workers)
+    ]
+    for process in processes:
+        process.start()
     try:
-        emit(events.get(timeout=timeout))
-        while True:
-            emit(events.get_nowait())
-    except queue.Empty:
-        pass
+        error = _collect(processes, events, emit)
+    except BaseException:
+        _stop(processes)
+        raise
+    if error is not None:
+        _stop(processes)
+        raise error
+    for process in processes:
+        process.join()
+    if all(p.exitcode != 0 for p in processes):
+        raise RunError("every worker stopped before the study was finished; rerun to resume")
 
 
-_EVENTS: Any = None
+def _collect(processes: list, events: Any, emit: Emit) -> OptimlabError | None:
+    """Pass the workers' events on until all have exited; the first error, if any."""
+    lost: set[int] = set()
+    while True:
+        alive = any(p.is_alive() for p in processes)
+        try:
+            while True:
+                event = events.get(timeout=0.1) if alive else events.get_nowait()
+                if event["kind"] == "error":
+                    return event["error"]
+                emit(event)
+        except queue.Empty:
+            pass
+        for index, process in enumerate(processes):
+            if process.exitcode is not None and process.exitcode < 0 and index not in lost:
+                lost.add(index)  # killed by a signal: the others fail its trial and rerun it
+                emit({"kind": "note", "message": f"worker {index} was killed; the others go on"})
+        if not alive:
+            return None
 
 
-def _init_worker(events: Any, threads: int) -> None:
-    global _EVENTS
-    _EVENTS = events
-    _setup_process(threads)
+def _stop(processes: list) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
 
 
-def _worker_unit(config: dict[str, Any], url: str, optimizer: str) -> None:
-    run_unit(StudyConfig.from_dict(config), url, optimizer, _EVENTS.put)
+def _worker_main(config: dict[str, Any], url: str, index: int, events: Any) -> None:
+    """A worker process: run the study; errors go to the parent as one-line messages."""
+    try:
+        parsed = StudyConfig.from_dict(config)
+        _setup_process(parsed.threads)
+        run_worker(parsed, url, index, events.put)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except OptimlabError as exc:
+        events.put({"kind": "error", "error": type(exc)(str(exc))})
+        raise SystemExit(1) from None
+    except BaseException as exc:
+        traceback.print_exc()
+        message = f"worker {index}: {type(exc).__name__}: {exc}".splitlines()[0]
+        events.put({"kind": "error", "error": RunError(message)})
+        raise SystemExit(1) from None
 
 
 def _setup_process(threads: int) -> None:
@@ -80,7 +106,8 @@ def _setup_process(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's own log lines (trial finished, surplus trial failed) would drown the progress.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 @functools.lru_cache(maxsize=2)
@@ -90,15 +117,28 @@ def _splits(val_fraction: float, seed: int, device: str):
     return make_splits(load_mnist1d(), val_fraction=val_fraction, seed=seed, device=device)
 
 
-def run_unit(config: StudyConfig, url: str, optimizer: str, emit: Emit) -> None:
+def run_worker(config: StudyConfig, url: str, worker: int, emit: Emit) -> None:
+    """One worker: every optimizer in turn, each until its tuning and final runs are done.
+
+    `worker` (0, 1, ... on this machine) offsets the seed of the tuning sampler, so workers
+    asking at the same time draw different points.
+    """
+    from optimlab.storage import open_storage
+
+    storage = open_storage(
+        url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period
+    )
+    for optimizer in config.optimizers:
+        run_unit(config, storage, optimizer, worker, emit)
+
+
+def run_unit(config: StudyConfig, storage: Any, optimizer: str, worker: int, emit: Emit) -> None:
     """Tune `optimizer`, then run its best configuration on the final seeds."""
     import optuna
 
-    from optimlab.finals import final_trials, run_finals
-    from optimlab.storage import open_storage
-    from optimlab.tuning import count_finished, make_pruner, make_sampler, tune
+    from optimlab.finals import run_finals
+    from optimlab.tuning import make_pruner, make_sampler, tune
 
-    storage = open_storage(url)
     run = config.run_name()
     splits = _splits(config.val_fraction, config.seed, config.device)
     settings = config.train_settings()
@@ -110,20 +150,18 @@ def run_unit(config: StudyConfig, url: str, optimizer: str, emit: Emit) -> None:
         direction="minimize",
         load_if_exists=True,
     )
+    stored = tuning.user_attrs.get(CONFIG_ATTR)
+    if stored is not None and (changed := config.differences(StudyConfig.from_dict(stored))):
+        raise UsageError(
+            f"study {tuning.study_name} was started with another experiment "
+            f"({'; '.join(changed)}); use the same options or another --study-name"
+        )
+    tuning.set_user_attr(CONFIG_ATTR, config.to_dict())  # for `optimlab report --storage`
     finals = optuna.create_study(
         storage=storage,
         study_name=final_study_name(run, optimizer),
         direction="minimize",
         load_if_exists=True,
-    )
-    best = best_trial(tuning)
-    emit(
-        {
-            "kind": "start",
-            "optimizer": optimizer,
-            "tuned": count_finished(tuning),
-            "finished": len(final_trials(finals, best.params)) if best else 0,
-        }
     )
     tune(
         tuning,
@@ -132,6 +170,7 @@ def run_unit(config: StudyConfig, url: str, optimizer: str, emit: Emit) -> None:
         settings=settings,
         splits=splits.without_test(),
         seed=config.seed,
+        worker=worker,
         emit=emit,
     )
     best = best_trial(tuning)

@@ -1,34 +1,38 @@
 """Optuna tuning of one optimizer on mnist1d: search spaces, objective, pruning, budget.
 
-Every optimizer gets the same number of finished trials (COMPLETE or PRUNED). A trial that
-crashes or is killed ends FAIL and is run again, so it costs no budget. The objective is the
-validation loss after the epoch budget; it is reported each epoch for the MedianPruner. A
-diverged trial is PRUNED with `diverged=True` (a NaN value would be a FAIL that teaches TPE
-nothing). Tuning never sees the test set: it trains on `splits.without_test()`.
+Every optimizer gets the same number of finished trials (COMPLETE or PRUNED), exactly, also
+when many workers share the study (see `slot`). A trial that crashes or is killed ends FAIL
+and is run again, so it costs no budget. The objective is the validation loss after the
+epoch budget; it is reported each epoch for the MedianPruner. A diverged trial is PRUNED
+with `diverged=True` (a NaN value would be a FAIL that teaches TPE nothing). Tuning never
+sees the test set: it trains on `splits.without_test()`.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from optimlab.errors import UsageError
 from optimlab.mnist1d.data import Splits
 from optimlab.mnist1d.train import EpochMetrics, TrainConfig, TrainResult, train
 from optimlab.mnist1d.variants import VARIANTS, Variant
-from optimlab.storage import WORKER_ATTR, heartbeat, reclaim_dead_trials, worker_id
+from optimlab.storage import SURPLUS_ATTR, WORKER_ATTR, reclaim_dead_trials, worker_id
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PRUNER_STARTUP_TRIALS = 5  # trials that always run to the end before the pruner acts
 # The first fifth of training is never pruned: early losses favour large learning rates,
 # which start fast and may end worse.
 PRUNER_WARMUP_FRACTION = 0.2
+POLL_SECONDS = 0.2  # how often a worker waiting for others looks at the storage again
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -102,13 +106,13 @@ class TrainSettings:
         )
 
 
-def make_sampler(seed: int, finished: int = 0) -> optuna.samplers.TPESampler:
-    """TPE seeded from the study seed and the number of finished trials.
+def make_sampler(seed: int, slot: int = 0) -> optuna.samplers.TPESampler:
+    """TPE seeded from a worker's seed and the trial's slot (its place in the budget).
 
     Reseeding before every trial makes trial k depend only on (seed, history of k trials),
     so a study interrupted and resumed proposes exactly what an uninterrupted one would.
     """
-    return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + finished) % 2**32)
+    return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + slot) % 2**32)
 
 
 def warmup_epochs(epochs: int) -> int:
@@ -126,6 +130,82 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+class Surplus(Exception):
+    """The trial was asked once its work was already covered: it is failed without running."""
+
+
+def slot(study: optuna.Study, trial: optuna.Trial) -> int:
+    """The trial's place in the shared budget: how many trials before it are not FAIL.
+
+    The storage numbers trials atomically in the order it creates them, whichever worker
+    asks, and a trial that will finish is never FAIL. So when `slot >= budget`, earlier
+    trials (finished, running or queued) already cover the budget and this one must not run:
+    however many workers ask at once, finished trials never exceed the budget. A failed
+    trial frees its place, and the next trial takes it (a lone worker: the same slot, so the
+    same proposal as if the failure had never happened).
+    """
+    return sum(
+        t.number < trial.number and t.state != TrialState.FAIL
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def surplus(trial: optuna.Trial) -> Surplus:
+    """Mark `trial` as surplus (a user attribute) and return the exception that fails it."""
+    trial.set_user_attr(SURPLUS_ATTR, True)
+    return Surplus(f"trial {trial.number} is beyond the budget")
+
+
+def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> FrozenTrial | None:
+    """Run one trial through `Study.optimize`, so Optuna itself fails stale trials before
+    asking, beats the heartbeat while the trial runs (PostgreSQL) and tells the result.
+
+    Returns the finished trial (a `Surplus` one is FAIL with its mark), or None when another
+    worker failed the trial meanwhile because its heartbeat came too late (it was re-queued
+    and runs elsewhere). Errors of the objective propagate; their trial is FAIL.
+    """
+    asked: list[optuna.Trial] = []
+    raised: list[BaseException] = []
+    told: list[FrozenTrial] = []
+
+    def wrapped(trial: optuna.Trial) -> float:
+        asked.append(trial)
+        try:
+            return objective(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # the trial was failed under us: handled below
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    try:
+        study.optimize(
+            wrapped, n_trials=1, catch=(Surplus,), callbacks=[lambda _, t: told.append(t)]
+        )
+    except Exception as exc:
+        if any(exc is e for e in raised) or not asked or not _failed(study, asked[0].number):
+            raise
+        return None
+    return told[0]
+
+
+def drop_queued(study: optuna.Study) -> None:
+    """Fail, as surplus, the trials still queued once the work is done: copies of failed
+    trials whose place another trial took. A finished study then holds no WAITING trial."""
+
+    def beyond(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        raise surplus(trial)
+
+    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        run_one(study, beyond)
+
+
+def _failed(study: optuna.Study, number: int) -> bool:
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    return trial.state == TrialState.FAIL
+
+
 def tune(
     study: optuna.Study,
     *,
@@ -134,43 +214,70 @@ def tune(
     settings: TrainSettings,
     splits: Splits,
     seed: int,
+    worker: int = 0,
     emit: Emit = lambda event: None,
+    poll: float = POLL_SECONDS,
 ) -> None:
-    """Run trials of `optimizer` until `trials` of them have finished (resuming a study).
+    """Run trials of `optimizer` until exactly `trials` have finished in `study`, sharing the
+    budget with every worker on the same storage (and resuming what is stored).
 
-    `seed` seeds the sampler and every trial's training run (one seed for all trials, so
-    configurations are compared on the same initialization and data order).
+    A worker returns only when the budget is finished: while the rest of it is running on
+    other workers it waits, failing stale trials and running the re-queued copies. `seed`
+    seeds every trial's training run (one seed for all trials, so configurations are compared
+    on the same initialization and data order); the sampler is seeded from `seed + worker`
+    and the trial's slot.
     """
     if splits.x_test is not None or splits.y_test is not None:
         raise AssertionError("tuning must not see the test set: pass splits.without_test()")
     space = search_space(VARIANTS[optimizer])
-    reclaim_dead_trials(study)
-    while (done := count_finished(study)) < trials:
-        study.sampler = make_sampler(seed, done)
-        trial = study.ask()
+    index = {}
+
+    def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_id())
-        emit({"kind": "unit", "optimizer": optimizer, "phase": "tune", "index": done + 1})
-        try:
-            with heartbeat(study, trial):
-                value = _objective(trial, optimizer, space, settings, splits, seed, emit)
-        except optuna.TrialPruned:
-            state = "DIVERGED" if trial.user_attrs.get("diverged") else "PRUNED"
-            study.tell(trial, state=TrialState.PRUNED)
-            value = None
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        else:
-            study.tell(trial, value)
-            state = "COMPLETE"
+        place = slot(study, trial)
+        if place >= trials:
+            raise surplus(trial)
+        study.sampler = make_sampler(seed + worker, place)
+        index["value"] = place + 1
+        emit({"kind": "unit", "optimizer": optimizer, "phase": "tune", "index": place + 1})
+        return _objective(trial, optimizer, space, settings, splits, seed, emit)
+
+    waited = False
+    while True:
+        reclaim_dead_trials(study)
+        states = Counter(t.state for t in study.get_trials(deepcopy=False))
+        finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+        emit({"kind": "count", "optimizer": optimizer, "phase": "tune", "finished": finished})
+        if finished >= trials:
+            drop_queued(study)
+            return
+        queued = states[TrialState.WAITING]
+        if finished + states[TrialState.RUNNING] >= trials and not queued:
+            emit({"kind": "wait", "optimizer": optimizer, "phase": "tune"})
+            time.sleep(poll)  # the rest of the budget is running on other workers
+            waited = True
+            continue
+        if waited and not queued:
+            # A place just freed up: when another worker has failed a dead trial, its copy is
+            # queued a moment later. Look once more so the copy, not a new trial, takes it.
+            waited = False
+            time.sleep(poll)
+            continue
+        waited = False
+        trial = run_one(study, objective)
+        if trial is None or trial.user_attrs.get(SURPLUS_ATTR):
+            continue
+        state = trial.state.name
+        if trial.state == TrialState.PRUNED and trial.user_attrs.get("diverged"):
+            state = "DIVERGED"
         emit(
             {
                 "kind": "done",
                 "optimizer": optimizer,
                 "phase": "tune",
-                "index": done + 1,
+                "index": index["value"],
                 "state": state,
-                "value": value,
+                "value": trial.value if trial.state == TrialState.COMPLETE else None,
             }
         )
 

@@ -27,7 +27,6 @@ nonnegative_int = _number(int, lambda v: v >= 0, "at least 0")
 positive_float = _number(float, lambda v: v > 0 and v == v and v != float("inf"), "> 0")
 nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), ">= 0")
 fraction_below_one = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
-unit_interval_open = fraction_below_one  # the former name; commands/mnist1d.py still uses it
 # Seeds: the range every seeded library here accepts (NumPy's legacy RNG, which Optuna's
 # samplers use, stops at 2**32 - 1; torch.manual_seed overflows past 2**64 - 1).
 MAX_SEED = 2**32 - 1

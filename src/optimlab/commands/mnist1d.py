@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from optimlab.commands._args import nonnegative_int, positive_int, unit_interval_open
+from optimlab.commands._args import fraction_below_one, positive_int, seed
 from optimlab.mnist1d.variants import VARIANTS
 
 ORDER = 30
@@ -38,7 +38,7 @@ storage_url.__name__ = "storage URL"
 
 
 def add_study_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `optimlab mnist1d` and `optimlab run`."""
+    """The options of `optimlab mnist1d` (`optimlab run` shares `add_scaleout_options`)."""
     parser.add_argument(
         "--optimizers",
         type=optimizer_list,
@@ -54,7 +54,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=["mlp", "cnn"], help="model (mlp)")
     parser.add_argument(
         "--val-fraction",
-        type=unit_interval_open,
+        type=fraction_below_one,
         help="share of the 4000 training examples held out for validation (0.2)",
     )
     parser.add_argument(
@@ -62,29 +62,59 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
         choices=["val", "train"],
         help="override where the lookahead DynamicAdam variants draw meta batches from",
     )
+    add_scaleout_options(parser)
+    parser.add_argument("--device", help="torch device (cpu)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads per process (1)")
+    parser.add_argument("--seed", type=seed, help="split, sampler and tuning seed (0)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small budgets: 4 trials, 3 epochs, 2 seeds"
+    )
+
+
+def add_scaleout_options(parser: argparse.ArgumentParser) -> None:
+    """Where the studies live and how many workers run them (mnist1d and run)."""
     parser.add_argument(
         "--storage",
         type=storage_url,
         metavar="URL",
-        help="sqlite:///PATH, journal:///PATH or postgresql://... "
-        "(default: study.db in the run directory; study.journal when several processes run)",
+        help="sqlite:///PATH, journal:///PATH or postgresql://USER:PASSWORD@HOST/DB "
+        "(default: $OPTIMLAB_STORAGE, else study.db in the run directory, or study.journal "
+        "with several workers). Workers on other machines join with the same options",
     )
     parser.add_argument(
         "--study-name",
         metavar="NAME",
         help="prefix of the Optuna study names (default: a hash of the config)",
     )
-    parser.add_argument("--device", help="torch device (cpu)")
     parser.add_argument(
-        "--jobs",
+        "--workers",
         type=positive_int,
-        help="parallel processes, one optimizer each (default: 2, or 1 on a one-core machine)",
+        metavar="N",
+        help="worker processes on this machine, sharing every study (1; several: journal "
+        "or PostgreSQL storage, and proposals that depend on timing)",
     )
-    parser.add_argument("--threads", type=positive_int, help="torch threads per process (1)")
-    parser.add_argument("--seed", type=nonnegative_int, help="split, sampler and tuning seed (0)")
     parser.add_argument(
-        "--quick", action="store_true", help="small budgets: 4 trials, 3 epochs, 2 seeds"
+        "--heartbeat-interval",
+        type=positive_int,
+        metavar="S",
+        help="seconds between heartbeats of a running trial on PostgreSQL (2)",
     )
+    parser.add_argument(
+        "--grace-period",
+        type=positive_int,
+        metavar="S",
+        help="seconds without a heartbeat before a trial counts as dead and runs again (10)",
+    )
+
+
+def scaleout_values(args: argparse.Namespace) -> dict:
+    """The config values that `add_scaleout_options` were given ($OPTIMLAB_STORAGE: storage)."""
+    from optimlab.storage import url_or_env
+
+    names = ("study_name", "workers", "heartbeat_interval", "grace_period")
+    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    storage = url_or_env(getattr(args, "storage", None))
+    return {**values, "storage": storage} if storage else values
 
 
 def study_config(args: argparse.Namespace):
@@ -102,10 +132,7 @@ def study_config(args: argparse.Namespace):
         "val_fraction",
         "meta_source",
         "seed",
-        "storage",
-        "study_name",
         "device",
-        "jobs",
         "threads",
     ]
     if args.quick:
@@ -114,6 +141,7 @@ def study_config(args: argparse.Namespace):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
+    values.update(scaleout_values(args))
     if values.get("val_fraction") == 0:
         from optimlab.errors import UsageError
 

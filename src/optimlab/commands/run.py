@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from optimlab.commands._args import nonnegative_int, positive_int
+from optimlab.commands._args import seed
+from optimlab.commands.mnist1d import add_scaleout_options
 
 ORDER = 10
-
-# Small budgets for the surfaces benchmark under --quick, if it has no quick switch itself.
-SURFACES_QUICK = {"steps": 150, "starts": 4, "tune_trials": 6}
 
 
 def register(subparsers) -> None:
@@ -25,25 +23,23 @@ def register(subparsers) -> None:
         "--out", type=Path, metavar="DIR", help="run directory (default: runs/<timestamp>)"
     )
     parser.add_argument("--quick", action="store_true", help="small budgets for both parts")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of both parts (0)")
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        help="parallel processes for the study, one optimizer each (default: 2)",
-    )
+    parser.add_argument("--seed", type=seed, default=0, help="seed of both parts (0)")
+    add_scaleout_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from optimlab.commands.mnist1d import default_out
+    from optimlab.atomic import ensure_output_dir
+    from optimlab.commands.mnist1d import default_out, scaleout_values
     from optimlab.report.runs import report_any
-    from optimlab.study import QUICK, StudyConfig, run_study
+    from optimlab.study import QUICK, StudyConfig, prepare_run_dir, run_study
 
     out = args.out or default_out()
-    values = {"seed": args.seed, **(QUICK if args.quick else {})}
-    if args.jobs is not None:
-        values["jobs"] = args.jobs
+    values = {"seed": args.seed, **(QUICK if args.quick else {}), **scaleout_values(args)}
     config = StudyConfig.from_dict(values)  # validated before any work starts
+    config.validate()
+    ensure_output_dir(out)
+    prepare_run_dir(config, out / "mnist1d")  # refuses a different config before any work
     run_surfaces(out / "surfaces", quick=args.quick, seed=args.seed)
     run_study(config, out / "mnist1d")
     for path in report_any(out):
@@ -55,5 +51,5 @@ def run_surfaces(out: Path, *, quick: bool, seed: int) -> None:
     """The surfaces benchmark with its defaults (all functions, all optimizer variants)."""
     from optimlab import surfaces
 
-    budget = getattr(surfaces, "QUICK", SURFACES_QUICK) if quick else {}
+    budget = surfaces.QUICK if quick else {}
     surfaces.benchmark(seed=seed, out=out, progress=True, **budget)

@@ -17,12 +17,12 @@ def register(subparsers) -> None:
         help="progress of the Optuna studies in a storage: complete, running, pruned, failed",
         description="List each study of a storage with its trial counts and best value.",
     )
-    where = parser.add_mutually_exclusive_group(required=True)
+    where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--storage",
         type=storage_url,
         metavar="URL",
-        help="sqlite:///PATH, journal:///PATH or postgresql://...",
+        help="sqlite:///PATH, journal:///PATH or postgresql://... (default: $OPTIMLAB_STORAGE)",
     )
     where.add_argument(
         "dir",
@@ -38,9 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from optimlab.errors import UsageError
+    from optimlab.storage import url_or_env
     from optimlab.study_status import study_rows
 
-    url = args.storage or storage_of(args.dir)
+    url = storage_of(args.dir) if args.dir is not None else url_or_env(args.storage)
+    if url is None:
+        raise UsageError("name a run directory or --storage URL (or set OPTIMLAB_STORAGE)")
     table = Table("study", "complete", "pruned", "running", "waiting", "failed", "best value")
     for row in study_rows(url):
         best = "-" if row["best"] is None else f"{row['best']:.4f}"

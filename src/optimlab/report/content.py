@@ -179,7 +179,7 @@ def _setup_table(config: dict[str, Any], summary: dict[str, Any]) -> Table:
         "seed",
         "storage",
         "device",
-        "jobs",
+        "workers",
         "threads",
     ]
     rows = [[k, "default" if config.get(k) is None else str(config.get(k))] for k in keys]
