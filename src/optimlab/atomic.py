@@ -59,19 +59,19 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def _finite_or_none(obj: Any) -> Any:
+def finite_or_none(obj: Any) -> Any:
     """JSON has no NaN/Infinity: store non-finite floats as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Mapping):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     return obj
 
 
 def dumps_json(obj: Any) -> str:
-    return json.dumps(_finite_or_none(obj), indent=2, sort_keys=False, default=_json_default)
+    return json.dumps(finite_or_none(obj), indent=2, sort_keys=False, default=_json_default)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from optimlab.atomic import finite_or_none
 from optimlab.commands._args import (
     fraction_below_one,
     nonnegative_float,
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     summary = _summary(result, args, seconds)
     if args.json:
-        sys.stdout.write(json.dumps(_finite_or_none(summary), separators=(",", ":")) + "\n")
+        sys.stdout.write(json.dumps(finite_or_none(summary), separators=(",", ":")) + "\n")
     else:
         _print_table(result, summary)
     return 0
@@ -206,14 +207,3 @@ def _print_table(result: Any, summary: dict[str, Any]) -> None:
     status = "DIVERGED, stopped early: " if result.diverged else "final "
     out.print(status + describe(result.final, result.config.epochs), highlight=False)
     out.print(f"total {summary['seconds']:.2f}s", highlight=False)
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """JSON has no NaN or Infinity: non-finite floats become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj
