@@ -34,6 +34,7 @@ from optimlab.storage import (
 CLAIM = {"dynamic_adam_val_loss": 0.238, "adam_val_loss": 1.103, "mnist1d_mlp_test_accuracy": 0.68}
 QUICK = {"trials": 4, "epochs": 3, "seeds": 2}
 CONFIG_ATTR = "config"  # study user attribute: the config of the run (storage masked)
+CHECKPOINTS = "checkpoints"  # final runs' per-epoch checkpoints, inside the run directory
 FINAL_SEED_OFFSET = 1000  # final seeds are seed+1000, seed+1001, ...: never the tuning seed
 MODELS = ("mlp", "cnn")  # optimlab.mnist1d.models.MODELS, without importing torch
 
@@ -249,7 +250,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, quiet: bool = False) 
     url = config.storage_url(run_dir)
     start = time.perf_counter()
     with StudyProgress(config, quiet=quiet) as progress:
-        run_workers(config, url, progress.emit)
+        run_workers(config, url, progress.emit, checkpoints=run_dir / CHECKPOINTS)
     seconds = time.perf_counter() - start
     timings = write_results(config, url, run_dir)
     write_json(run_dir / "timings.json", {"wall_seconds_this_invocation": seconds, **timings})
