@@ -6,15 +6,21 @@ hyperparameters as a user attribute, so the trial describes its own work and any
 that pops it, on any machine, can run it. Exactly one run per seed finishes. Its metrics
 (per-epoch history, per-step beta1, test metrics) are user attributes; its value is the
 test loss. A diverged run is PRUNED with diverged=True.
+With a checkpoint directory, each run saves a checkpoint after every epoch (model, optimizer
+with DynamicAdam's gate, data-order generators), named by run, optimizer, configuration and
+seed: a run that was killed is failed and queued again, and its copy resumes from the last
+epoch, bit-identical to an uninterrupted run. The checkpoint is removed once the run is told.
 Only here is the test set used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -63,6 +69,7 @@ def run_finals(
     splits: Splits,
     emit: Emit = lambda event: None,
     poll: float = POLL_SECONDS,
+    checkpoints: Path | None = None,
 ) -> None:
     """Run the missing seeds of `params`, sharing them with every worker on the storage.
 
@@ -80,7 +87,8 @@ def run_finals(
         seed = trial.suggest_int("seed", *SEED_RANGE)
         index = seeds.index(seed) + 1 if seed in seeds else len(seeds)
         emit({"kind": "unit", "optimizer": optimizer, "phase": "final", "index": index})
-        test_loss = _train(trial, seed, settings, splits, emit)
+        checkpoint = _checkpoint(checkpoints, study.study_name, params, seed)
+        test_loss = _train(trial, seed, settings, splits, emit, checkpoint)
         if test_loss is None:
             raise optuna.TrialPruned("diverged")  # PRUNED with diverged=True: counted, not rerun
         return test_loss
@@ -107,6 +115,8 @@ def run_finals(
         trial = run_one(study, objective)
         if trial is None or trial.user_attrs.get(SURPLUS_ATTR):
             continue
+        if "seed" in trial.params:  # told: its checkpoint is no longer needed
+            _checkpoint(checkpoints, study.study_name, params, trial.params["seed"], remove=True)
         emit(
             {
                 "kind": "done",
@@ -134,8 +144,28 @@ def _taken(study: optuna.Study, trial: optuna.Trial) -> bool:
     )
 
 
+def _checkpoint(
+    directory: Path | None, study: str, params: dict[str, Any], seed: int, *, remove: bool = False
+) -> Path | None:
+    """The checkpoint file of one final run (None without a directory); `remove` deletes it."""
+    if directory is None:
+        return None
+    digest = hashlib.sha256(key(params).encode()).hexdigest()[:12]
+    path = Path(directory) / f"{study}-{digest}-seed{seed}.pt"
+    if remove:
+        path.unlink(missing_ok=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _train(
-    trial: optuna.Trial, seed: int, settings: TrainSettings, splits: Splits, emit: Emit
+    trial: optuna.Trial,
+    seed: int,
+    settings: TrainSettings,
+    splits: Splits,
+    emit: Emit,
+    checkpoint: Path | None = None,
 ) -> float | None:
     """Train one final run, record its metrics on the trial; its test loss (None: diverged)."""
     optimizer = trial.user_attrs["optimizer"]
@@ -145,7 +175,8 @@ def _train(
         emit(_epoch_event(optimizer, "final", metrics, settings.epochs))
 
     start = time.perf_counter()
-    result = train(settings.config(optimizer, params, seed), splits, on_epoch=on_epoch)
+    config = settings.config(optimizer, params, seed)
+    result = train(config, splits, on_epoch=on_epoch, checkpoint=checkpoint)
     trial.set_user_attr("seconds", time.perf_counter() - start)
     trial.set_user_attr("history", [asdict(m) for m in result.history])
     trial.set_user_attr("beta1", [float(b) for b in result.beta1_history])

@@ -9,11 +9,18 @@ a queue; an error in one stops the others.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import multiprocessing
+import os
 import queue
+import signal
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from optimlab.errors import OptimlabError, RunError, UsageError
@@ -22,18 +29,24 @@ from optimlab.study import CONFIG_ATTR, StudyConfig, final_study_name, tune_stud
 Emit = Callable[[dict[str, Any]], None]
 
 
-def run_workers(config: StudyConfig, url: str, emit: Emit) -> None:
-    """Run `config.workers` workers on this machine until every study of the run is finished."""
+def run_workers(
+    config: StudyConfig, url: str, emit: Emit, *, checkpoints: Path | None = None
+) -> None:
+    """Run `config.workers` workers on this machine until every study of the run is finished.
+
+    `checkpoints`: a directory for the final runs' per-epoch checkpoints, so a final run
+    that was killed resumes from its last epoch (None: final runs restart from scratch).
+    """
     if config.workers == 1:
         _setup_process(config.threads)
-        run_worker(config, url, 0, emit)
+        run_worker(config, url, 0, emit, checkpoints=checkpoints)
         return
     context = multiprocessing.get_context("spawn")  # safe with torch; fork is not
     events = context.Queue()
     processes = [
         context.Process(
             target=_worker_main,
-            args=(config.to_dict_raw(), url, index, events),
+            args=(config.to_dict_raw(), url, index, events, checkpoints, os.getpid()),
             name=f"optimlab-worker-{index}",
         )
         for index in range(config.workers)
@@ -83,12 +96,20 @@ def _stop(processes: list) -> None:
         process.join()
 
 
-def _worker_main(config: dict[str, Any], url: str, index: int, events: Any) -> None:
+def _worker_main(
+    config: dict[str, Any],
+    url: str,
+    index: int,
+    events: Any,
+    checkpoints: Path | None,
+    parent: int,
+) -> None:
     """A worker process: run the study; errors go to the parent as one-line messages."""
     try:
+        _die_with_parent(parent)
         parsed = StudyConfig.from_dict(config)
         _setup_process(parsed.threads)
-        run_worker(parsed, url, index, events.put)
+        run_worker(parsed, url, index, events.put, checkpoints=checkpoints)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except OptimlabError as exc:
@@ -99,6 +120,27 @@ def _worker_main(config: dict[str, Any], url: str, index: int, events: Any) -> N
         message = f"worker {index}: {type(exc).__name__}: {exc}".splitlines()[0]
         events.put({"kind": "error", "error": RunError(message)})
         raise SystemExit(1) from None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Never outlive the parent, even when it is SIGKILLed (no chance to stop us then).
+
+    Linux delivers SIGKILL to this process the moment its parent dies (PR_SET_PDEATHSIG);
+    elsewhere a daemon thread polls the parent's pid. Either way the trial this worker was
+    running stays RUNNING in the storage, and the next run fails and re-runs it.
+    """
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="optimlab-parent-watch", daemon=True).start()
 
 
 def _setup_process(threads: int) -> None:
@@ -117,7 +159,9 @@ def _splits(val_fraction: float, seed: int, device: str):
     return make_splits(load_mnist1d(), val_fraction=val_fraction, seed=seed, device=device)
 
 
-def run_worker(config: StudyConfig, url: str, worker: int, emit: Emit) -> None:
+def run_worker(
+    config: StudyConfig, url: str, worker: int, emit: Emit, *, checkpoints: Path | None = None
+) -> None:
     """One worker: every optimizer in turn, each until its tuning and final runs are done.
 
     `worker` (0, 1, ... on this machine) offsets the seed of the tuning sampler, so workers
@@ -129,10 +173,18 @@ def run_worker(config: StudyConfig, url: str, worker: int, emit: Emit) -> None:
         url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period
     )
     for optimizer in config.optimizers:
-        run_unit(config, storage, optimizer, worker, emit)
+        run_unit(config, storage, optimizer, worker, emit, checkpoints=checkpoints)
 
 
-def run_unit(config: StudyConfig, storage: Any, optimizer: str, worker: int, emit: Emit) -> None:
+def run_unit(
+    config: StudyConfig,
+    storage: Any,
+    optimizer: str,
+    worker: int,
+    emit: Emit,
+    *,
+    checkpoints: Path | None = None,
+) -> None:
     """Tune `optimizer`, then run its best configuration on the final seeds."""
     import optuna
 
@@ -186,6 +238,7 @@ def run_unit(config: StudyConfig, storage: Any, optimizer: str, worker: int, emi
         settings=settings,
         splits=splits,
         emit=emit,
+        checkpoints=checkpoints,
     )
 
 
