@@ -46,3 +46,59 @@ def test_run_quick_end_to_end(tmp_path):
     assert main(["run", "--quick", "--out", str(out)]) == 0
     assert (out / "mnist1d" / "report.html").is_file()
     assert any((out / "surfaces").iterdir())
+
+
+RUN_TOML = """seed = 1
+[surfaces]
+functions = ["sphere"]
+optimizers = ["adam", "sgd"]
+steps = 20
+starts = 2
+tune_trials = 2
+tune_starts = 2
+[mnist1d]
+optimizers = ["sgd"]
+trials = 1
+epochs = 1
+seeds = 1
+"""
+
+
+def test_a_rerun_keeps_the_finished_surfaces_part(tmp_path, monkeypatch):
+    """Killed during the study: the rerun resumes it without running surfaces again."""
+    from optimlab.surfaces import bench
+
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML)
+    out = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "run_study", killed)
+    assert main(["run", "--config", str(config), "--out", str(out)]) == 130
+    surfaces = {p.name: p.read_bytes() for p in (out / "surfaces").iterdir()}
+    assert "summary.json" in surfaces and (out / "config.toml").is_file()
+    monkeypatch.undo()
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("surfaces ran again"))
+    assert main(["run", "--config", str(config), "--out", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "surfaces").iterdir()} == surfaces
+    assert (out / "mnist1d" / "summary.json").is_file() and (out / "report.md").is_file()
+
+
+def test_a_rerun_with_another_surfaces_config_is_refused_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    from optimlab.surfaces import bench
+
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML)
+    out = tmp_path / "run"
+    (out / "surfaces").mkdir(parents=True)
+    bench.claim_out(out / "surfaces", ["sphere"], ["adam", "sgd"], steps=21, starts=2,
+                    tune_trials=2, tune_starts=2, seed=1)  # fmt: skip
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("surfaces ran"))
+    assert main(["run", "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "(steps: 21 there, 20 now)" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "mnist1d").exists() and not (out / "config.toml").exists()

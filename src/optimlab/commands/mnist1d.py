@@ -69,6 +69,13 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small budgets: 4 trials, 3 epochs, 2 seeds"
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of settings (the keys are the options' names with _, and quick); "
+        "options given here win over it; DIR/config.toml is the resolved config of a run",
+    )
 
 
 def add_scaleout_options(parser: argparse.ArgumentParser) -> None:
@@ -107,46 +114,40 @@ def add_scaleout_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def scaleout_values(args: argparse.Namespace) -> dict:
-    """The config values that `add_scaleout_options` were given ($OPTIMLAB_STORAGE: storage)."""
-    from optimlab.storage import url_or_env
-
-    names = ("study_name", "workers", "heartbeat_interval", "grace_period")
-    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    storage = url_or_env(getattr(args, "storage", None))
-    return {**values, "storage": storage} if storage else values
+SCALEOUT = ["study_name", "workers", "heartbeat_interval", "grace_period"]
+STUDY_OPTIONS = [
+    "optimizers", "trials", "epochs", "seeds", "batch_size", "model", "val_fraction",
+    "meta_source", "seed", "device", "threads", *SCALEOUT,
+]  # fmt: skip
 
 
 def study_config(args: argparse.Namespace):
-    """The StudyConfig the options describe (explicit options win over --quick)."""
+    """The StudyConfig of the options: defaults < --quick < --config file < options."""
+    from optimlab import config_file
+
+    given = config_file.read(args.config) if getattr(args, "config", None) else {}
+    quick = config_file.pop_quick(given) or args.quick
+    return resolve_study(given, args, quick=quick, source=args.config and str(args.config))
+
+
+def resolve_study(
+    given: dict, args: argparse.Namespace, *, quick: bool, source: str | None, shared=None
+):
+    """A StudyConfig from a config file's values (`given`, and `shared` ones of `optimlab run`)
+    and the options in `args`. Storage: --storage, else the file's, else $OPTIMLAB_STORAGE."""
+    from optimlab import config_file
+    from optimlab.errors import UsageError
+    from optimlab.storage import url_or_env
     from optimlab.study import QUICK, StudyConfig
 
-    values = {}
-    names = [
-        "optimizers",
-        "trials",
-        "epochs",
-        "seeds",
-        "batch_size",
-        "model",
-        "val_fraction",
-        "meta_source",
-        "seed",
-        "device",
-        "threads",
-    ]
-    if args.quick:
-        values.update(QUICK)
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = value
-    values.update(scaleout_values(args))
-    if values.get("val_fraction") == 0:
-        from optimlab.errors import UsageError
-
+    options = {n: getattr(args, n) for n in STUDY_OPTIONS if getattr(args, n, None) is not None}
+    if options.get("val_fraction") == 0:
         raise UsageError("--val-fraction must be > 0: tuning selects on the validation split")
-    return StudyConfig.from_dict(values)
+    merged = {**(QUICK if quick else {}), **(shared or {}), **given, **options}
+    storage = getattr(args, "storage", None) or given.get("storage") or url_or_env(None)
+    if storage:
+        merged["storage"] = storage
+    return config_file.build(StudyConfig.from_dict, merged, given, source)
 
 
 def default_out() -> Path:
@@ -169,10 +170,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from optimlab.study import run_study
+    from optimlab import config_file
+    from optimlab.study import prepare_run_dir, run_study
 
     config = study_config(args)
     out = args.out or default_out()
+    prepare_run_dir(config, out)  # refuses a different config before writing anything
+    config_file.write_study(out / config_file.NAME, config)
     report = run_study(config, out)
     print(report)
     return 0

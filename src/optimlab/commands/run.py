@@ -16,40 +16,74 @@ def register(subparsers) -> None:
         "run",
         help="everything with defaults: surfaces benchmark, mnist1d study, report",
         description="Run the surfaces benchmark into DIR/surfaces and the mnist1d study into "
-        "DIR/mnist1d with their defaults, then write the report. Rerunning with the same "
-        "--out resumes the study.",
+        "DIR/mnist1d with their defaults (or a --config file's settings), then write the "
+        "report. Rerunning with the same --out resumes both parts.",
     )
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="run directory (default: runs/<timestamp>)"
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file: top-level seed and quick for both parts, tables [surfaces] and "
+        "[mnist1d] with each part's settings; options given here win over it; DIR/config.toml "
+        "is the resolved config of a run",
+    )
     parser.add_argument("--quick", action="store_true", help="small budgets for both parts")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of both parts (0)")
+    parser.add_argument("--seed", type=seed, help="seed of both parts (0)")
     add_scaleout_options(parser)
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from optimlab.atomic import ensure_output_dir
-    from optimlab.commands.mnist1d import default_out, scaleout_values
-    from optimlab.report.runs import report_any
-    from optimlab.study import QUICK, StudyConfig, prepare_run_dir, run_study
+def run_configs(args: argparse.Namespace):
+    """(SurfacesConfig, StudyConfig): defaults < --quick < --config file < options."""
+    from optimlab import config_file
+    from optimlab.commands.mnist1d import resolve_study
+    from optimlab.commands.surfaces import QUICK
 
+    data = config_file.read(args.config) if args.config else {}
+    shared, surfaces_table, study_table = config_file.split_run(data)
+    quick = config_file.pop_quick(shared) or args.quick
+    if args.seed is not None:
+        shared["seed"] = args.seed
+    source = str(args.config) if args.config else None
+    surfaces = config_file.build(
+        config_file.SurfacesConfig.from_dict,
+        {**(QUICK if quick else {}), **surfaces_table, **shared},
+        surfaces_table,
+        source and f"{source} [surfaces]",
+    )
+    study = resolve_study(
+        study_table, args, quick=quick, source=source and f"{source} [mnist1d]", shared=shared
+    )
+    return surfaces, study
+
+
+def run(args: argparse.Namespace) -> int:
+    from optimlab import config_file
+    from optimlab.atomic import ensure_output_dir
+    from optimlab.commands.mnist1d import default_out
+    from optimlab.report.runs import report_any
+    from optimlab.study import prepare_run_dir, run_study
+    from optimlab.surfaces.bench import claim_out
+
+    surfaces, study = run_configs(args)  # both validated before any work starts
     out = args.out or default_out()
-    values = {"seed": args.seed, **(QUICK if args.quick else {}), **scaleout_values(args)}
-    config = StudyConfig.from_dict(values)  # validated before any work starts
-    config.validate()
     ensure_output_dir(out)
-    prepare_run_dir(config, out / "mnist1d")  # refuses a different config before any work
-    run_surfaces(out / "surfaces", quick=args.quick, seed=args.seed)
-    run_study(config, out / "mnist1d")
+    # Each part refuses a different config before anything runs; a finished part is kept.
+    claim_out(out / "surfaces", **surfaces.benchmark_kwargs(), create=False)
+    prepare_run_dir(study, out / "mnist1d")
+    config_file.write_run(out / config_file.NAME, surfaces, study)
+    run_surfaces(out / "surfaces", surfaces)
+    run_study(study, out / "mnist1d")
     for path in report_any(out):
         print(path)
     return 0
 
 
-def run_surfaces(out: Path, *, quick: bool, seed: int) -> None:
-    """The surfaces benchmark with its defaults (all functions, all optimizer variants)."""
+def run_surfaces(out: Path, config) -> None:
+    """The surfaces benchmark of `config` (resumed, or kept when finished, in `out`)."""
     from optimlab import surfaces
 
-    budget = surfaces.QUICK if quick else {}
-    surfaces.benchmark(seed=seed, out=out, progress=True, **budget)
+    surfaces.benchmark(**config.benchmark_kwargs(), out=out, progress=True)

@@ -70,22 +70,28 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--noise",
         type=nonnegative_float,
-        default=0.0,
         metavar="SIGMA",
         help="add SIGMA * N(0, 1) to every gradient (0)",
     )
     parser.add_argument(
         "--tol",
         type=positive_float,
-        default=1e-2,
         help="success: final distance to a global minimum at most TOL (0.01)",
     )
-    parser.add_argument("--seed", type=seed, default=0, help="seed (0)")
+    parser.add_argument("--seed", type=seed, help="seed (0)")
     parser.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
-        help="output directory (default: runs/surfaces-<timestamp>)",
+        help="output directory (default: runs/surfaces-<timestamp>); rerunning the same "
+        "command into it resumes, a different config is refused",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of settings (the keys are the options' names with _, and quick); "
+        "options given here win over it; DIR/config.toml is the resolved config of a run",
     )
     parser.add_argument(
         "--quick",
@@ -104,44 +110,45 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def budgets(args: argparse.Namespace) -> dict[str, int]:
-    """steps, starts, tune_trials, tune_starts: given values, else --quick's, else defaults."""
-    base = QUICK if args.quick else DEFAULTS
-    chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+SETTINGS = [
+    "functions", "optimizers", "steps", "starts", "tune_trials", "tune_starts", "noise", "tol",
+    "seed", "lr", "momentum",
+]  # fmt: skip
+
+
+def surfaces_config(args: argparse.Namespace):
+    """The SurfacesConfig of the options: defaults < --quick < --config file < options."""
+    from optimlab import config_file
+    from optimlab.errors import UsageError
+
+    given = config_file.read(args.config) if args.config else {}
+    quick = config_file.pop_quick(given) or args.quick
+    options = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
     if args.no_tune:
-        chosen["tune_trials"] = 0
-    return chosen
+        if args.tune_trials:
+            raise UsageError("--no-tune contradicts --tune-trials")
+        options["tune_trials"] = 0
+    merged = {**(QUICK if quick else {}), **given, **options}
+    if {"lr", "momentum"} & set(options) and merged.get("tune_trials", 1) != 0:
+        raise UsageError("--lr and --momentum need --no-tune (otherwise they are tuned)")
+    source = str(args.config) if args.config else None
+    return config_file.build(config_file.SurfacesConfig.from_dict, merged, given, source)
 
 
 def run(args: argparse.Namespace) -> int:
+    from optimlab import config_file
     from optimlab.atomic import ensure_output_dir
-    from optimlab.errors import UsageError
 
-    if (args.lr is not None or args.momentum is not None) and not args.no_tune:
-        raise UsageError("--lr and --momentum need --no-tune (otherwise they are tuned)")
-    if args.no_tune and args.tune_trials:
-        raise UsageError("--no-tune contradicts --tune-trials")
-    optimizers = args.optimizers or OPTIMIZERS
-    hyperparameters = {name: {} if args.lr is None else {"lr": args.lr} for name in optimizers}
-    if args.momentum is not None:
-        if "sgd" not in optimizers:
-            raise UsageError("--momentum applies to sgd, which is not among --optimizers")
-        hyperparameters["sgd"]["momentum"] = args.momentum
-    # Before torch is imported and any run starts: an unusable --out fails in its first second.
+    config = surfaces_config(args)
+    # Before any run starts: an unusable or foreign --out fails in its first second.
     out = ensure_output_dir(args.out or Path("runs") / time.strftime("surfaces-%Y%m%d-%H%M%S"))
     from optimlab import surfaces
+    from optimlab.surfaces.bench import claim_out
 
-    rows = surfaces.benchmark(
-        args.functions or DEFAULT_FUNCTIONS,
-        optimizers,
-        **budgets(args),
-        noise=args.noise,
-        seed=args.seed,
-        tol=args.tol,
-        out=out,
-        hyperparameters=hyperparameters if args.no_tune else None,
-        progress=True,
-    )
+    kwargs = config.benchmark_kwargs()
+    claim_out(out, **kwargs)
+    config_file.write_surfaces(out / config_file.NAME, config)
+    rows = surfaces.benchmark(**kwargs, out=out, progress=True)
     print((out / "summary.md").read_text(), end="")
     print(f"\n{len(rows)} rows; figures, GIFs and summary files in {out}/")
     return 0

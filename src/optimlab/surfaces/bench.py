@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +58,36 @@ def benchmark(
     """Tune (unless `tune_trials=0`), run and measure every optimizer on every surface.
 
     Returns one summary row per (function, optimizer), the columns of summary.csv. With
-    `out`, also writes the result files and figures there. Without tuning, hyperparameters
-    are `hyperparameters[optimizer]` where given, else the variant's documented defaults.
+    `out`, also writes the result files and figures there, and resumes: an `out` holding
+    this config's unfinished run keeps its finished tuning rounds, a finished one is
+    returned as is (see `claim_out`). Without tuning, hyperparameters are
+    `hyperparameters[optimizer]` where given, else the variant's documented defaults.
     """
     started = time.perf_counter()
-    surfaces = [get(s) for s in surfaces]
-    variants = [_variant(name) for name in optimizers]
-    _check(steps, starts, tune_trials, tune_starts, noise, seed, tol, surfaces, variants)
-    if tune_trials and hyperparameters:
-        raise UsageError("give hyperparameters only without tuning (tune_trials=0)")
-    fixed = _fixed_hyperparameters(variants, hyperparameters or {})
+    surfaces, variants, fixed, config = _resolve(
+        surfaces, optimizers, steps, starts, tune_trials, tune_starts, noise, seed, tol,
+        hyperparameters,
+    )  # fmt: skip
+    state = None
     if out is not None:
         ensure_output_dir(out)  # fail now, not after the runs
+        state = output.claim(Path(out), config)
+        if state.finished():
+            return state.rows
     with output.Progress(progress) as bar:
         tuned = (
-            tune(surfaces, variants, steps, tune_trials, tune_starts, noise, seed, bar)
+            tune(
+                surfaces,
+                variants,
+                steps,
+                tune_trials,
+                tune_starts,
+                noise,
+                seed,
+                bar,
+                done=state.rounds if state else (),
+                on_round=state.add_round if state else None,
+            )  # fmt: skip
             if tune_trials
             else {(s.name, v.name): {"params": fixed[v.name]} for s in surfaces for v in variants}
         )
@@ -96,7 +111,7 @@ def benchmark(
             metrics.summary_row(block, result, tuned[block.surface.name, block.variant], tol)
             for block, result in zip(blocks, results, strict=True)
         ]
-        if out is not None:
+        if state is not None:
             settings = dict(
                 steps=steps, starts=starts, tune_trials=tune_trials, tune_starts=tune_starts,
                 noise=noise, seed=seed, tol=tol,
@@ -106,7 +121,55 @@ def benchmark(
                 Path(out), surfaces, variants, blocks, results, rows, tuned, settings, timings,
                 bar, started,
             )  # fmt: skip
+            state.finish(rows)
     return rows
+
+
+def claim_out(
+    out: str | Path,
+    surfaces: Iterable[str | Surface] = DEFAULT_FUNCTIONS,
+    optimizers: Iterable[str] = tuple(VARIANTS),
+    *,
+    steps: int = 500,
+    starts: int = 16,
+    tune_trials: int = 20,
+    noise: float = 0.0,
+    seed: int = 0,
+    tune_starts: int = 8,
+    tol: float = 1e-2,
+    hyperparameters: Mapping[str, Mapping[str, float]] | None = None,
+    create: bool = True,
+) -> None:
+    """Check `benchmark`'s arguments and that `out` can take this run, before any work.
+
+    `out` may be missing or empty (with `create`, it then becomes this config's run), or hold
+    a run of the same config (`benchmark` resumes it); a different config, or files that are
+    no surfaces run, are refused (UsageError naming the differing keys).
+    """
+    config = _resolve(
+        surfaces, optimizers, steps, starts, tune_trials, tune_starts, noise, seed, tol,
+        hyperparameters,
+    )[3]  # fmt: skip
+    if create:
+        ensure_output_dir(out)
+    output.claim(Path(out), config, create=create)
+
+
+def _resolve(surfaces, optimizers, steps, starts, tune_trials, tune_starts, noise, seed, tol,
+             hyperparameters):  # fmt: skip
+    """Checked surfaces, variants, fixed hyperparameters, and the config identifying a run."""
+    surfaces = [get(s) for s in surfaces]
+    variants = [_variant(name) for name in optimizers]
+    _check(steps, starts, tune_trials, tune_starts, noise, seed, tol, surfaces, variants)
+    if tune_trials and hyperparameters:
+        raise UsageError("give hyperparameters only without tuning (tune_trials=0)")
+    fixed = _fixed_hyperparameters(variants, hyperparameters or {})
+    config = dict(
+        functions=[s.name for s in surfaces], optimizers=[v.name for v in variants],
+        steps=steps, starts=starts, tune_trials=tune_trials, tune_starts=tune_starts,
+        noise=noise, seed=seed, tol=tol, hyperparameters=None if tune_trials else fixed,
+    )  # fmt: skip
+    return surfaces, variants, fixed, config
 
 
 def tune(
@@ -118,9 +181,19 @@ def tune(
     noise: float,
     seed: int,
     bar: output.Progress,
+    *,
+    done: Sequence[Mapping[str, list[dict[str, Any]]]] = (),
+    on_round: Callable[[int, dict[str, list[dict[str, Any]]]], None] | None = None,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Tune every (surface, variant) with its own seeded TPE study, all trials of a round in
-    one batched run. Returns, per pair, the best params, its score and every trial."""
+    one batched run. Returns, per pair, the best params, its score and every trial.
+
+    Resuming: `done` holds finished rounds (per "function/optimizer", each trial's params and
+    score). Such a round is replayed: the seeded samplers are asked again, and where they
+    propose the saved params the saved scores are told instead of running, which leaves every
+    study (and sampler) as an uninterrupted run would. `on_round(k, trials)` gets each round
+    that was run.
+    """
     import optuna
 
     previous = optuna.logging.get_verbosity()
@@ -144,20 +217,30 @@ def tune(
             points = {s.name: start_points(s, n_starts, seed, tuning=True) for s in surfaces}
             table = noise_table(noise, steps, n_starts, seed, tuning=True)
             rounds = tuning_rounds(trials)
+            replay = list(done)
             for k, size in enumerate(rounds):
                 asked = {key: [study.ask() for _ in range(size)] for key, study in studies.items()}
                 blocks = [
                     _trial_block(get_surface(surfaces, key[0]), VARIANTS[key[1]], ts, points)
                     for key, ts in asked.items()
                 ]
-                bar.phase(f"tuning, round {k + 1}/{len(rounds)}", steps)
-                results = run(
-                    blocks, steps, noise=table, record=False, gate_seed=seed, on_step=bar.update
-                )
-                for (key, ts), block, result in zip(asked.items(), blocks, results, strict=True):
-                    scores = tuning_scores(block, result, n_starts)
-                    for trial, score in zip(ts, scores, strict=True):
+                scores = output.saved_scores(asked, replay[k]) if k < len(replay) else None
+                if scores is None:
+                    replay = replay[:k]  # proposals differ from here on: run them
+                    bar.phase(f"tuning, round {k + 1}/{len(rounds)}", steps)
+                    results = run(
+                        blocks, steps, noise=table, record=False, gate_seed=seed,
+                        on_step=bar.update,
+                    )  # fmt: skip
+                    scores = {
+                        key: tuning_scores(block, result, n_starts)
+                        for key, block, result in zip(asked, blocks, results, strict=True)
+                    }
+                for key, ts in asked.items():
+                    for trial, score in zip(ts, scores[key], strict=True):
                         studies[key].tell(trial, score)
+                if on_round is not None and k >= len(replay):
+                    on_round(k, output.round_record(asked, scores))
     finally:
         optuna.logging.set_verbosity(previous)
     return {

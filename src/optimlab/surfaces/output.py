@@ -7,12 +7,18 @@ DIR/run.json           settings, functions (domain, window, minima, f*), optimiz
                        ranges, timings
 DIR/tuning.json        every tuning trial and the chosen hyperparameters
 DIR/summary.{csv,json,md}
+DIR/state.json         the config the directory belongs to, each finished tuning round and,
+                       once every file above is written, the rows: a rerun with the same
+                       config resumes from it, one with another config is refused
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +26,113 @@ import numpy as np
 import torch
 
 from optimlab.atomic import atomic_path, write_csv, write_json, write_text
+from optimlab.errors import UsageError
 from optimlab.surfaces.batched import Variant
 from optimlab.surfaces.functions import Surface, grid
 from optimlab.surfaces.metrics import COLUMNS, gaps_and_distances
 from optimlab.surfaces.runner import Block, Trajectories
 
 GRID = 160  # grid points per axis for the surface and contour plots
+STATE = "state.json"
+KIND = "optimlab surfaces"
+RESULTS = ["run.json", "tuning.json", "trajectories.npz", "summary.csv", "summary.json",
+           "summary.md"]  # fmt: skip
+
+
+@dataclass
+class State:
+    """A run's progress in DIR/state.json, rewritten atomically after each step."""
+
+    path: Path
+    config: dict[str, Any]
+    rounds: list[dict[str, list[dict[str, Any]]]] = field(default_factory=list)
+    rows: list[dict[str, Any]] | None = None  # set once every result file is written
+
+    def save(self) -> None:
+        # Plain json (not write_json): infinite gaps must read back as inf, not null.
+        state = {"kind": KIND, "config": self.config, "rounds": self.rounds, "rows": self.rows}
+        write_text(self.path, json.dumps(state) + "\n")
+
+    def add_round(self, k: int, trials: dict[str, list[dict[str, Any]]]) -> None:
+        self.rounds[k:] = [trials]
+        self.save()
+
+    def finish(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        self.save()
+
+    def finished(self) -> bool:
+        """Every result file is there: nothing to do (figures: `plots.draw_all(DIR)`)."""
+        return self.rows is not None and all((self.path.parent / n).is_file() for n in RESULTS)
+
+
+def claim(out: Path, config: dict[str, Any], *, create: bool = True) -> State:
+    """The state of `out` for a run of `config`: a new one for a missing or empty directory
+    (saved there with `create`), the saved one for the same config; UsageError for a
+    different config or a directory with other files."""
+    config = json.loads(json.dumps(config))  # as it reads back (lists, not tuples)
+    path = out / STATE
+    if not path.exists():
+        if out.exists() and any(not _temporary(p.name) for p in out.iterdir()):
+            raise UsageError(
+                f"{out} is not empty and holds no surfaces run; use an empty or new --out"
+            )
+        state = State(path, config)
+        if create:
+            state.save()
+        return state
+    try:
+        saved = json.loads(path.read_text())
+        usable = (
+            saved.get("kind") == KIND
+            and isinstance(saved.get("config"), dict)
+            and isinstance(saved.get("rounds"), list)
+            and isinstance(saved.get("rows"), list | None)
+        )
+    except (OSError, ValueError, AttributeError):
+        usable = False
+    if not usable:
+        raise UsageError(f"{path} is not a readable surfaces run state; use another --out")
+    state = State(path, saved["config"], saved["rounds"], saved["rows"])
+    changed = [k for k in config | state.config if config.get(k) != state.config.get(k)]
+    if changed:
+        differences = "; ".join(
+            f"{k}: {state.config.get(k)!r} there, {config.get(k)!r} now" for k in changed
+        )
+        raise UsageError(
+            f"{out} holds a surfaces run with a different config ({differences}); "
+            "rerun with the same options or use another --out"
+        )
+    return state
+
+
+def round_record(asked: dict, scores: dict) -> dict[str, list[dict[str, Any]]]:
+    """A tuning round as saved: per "function/optimizer", each trial's params and score."""
+    return {
+        f"{f}/{o}": [
+            {"params": t.params, "score": s} for t, s in zip(ts, scores[f, o], strict=True)
+        ]
+        for (f, o), ts in asked.items()
+    }
+
+
+def saved_scores(asked: dict, saved: Mapping[str, list[dict[str, Any]]]) -> dict | None:
+    """The saved scores of a round, if the samplers proposed exactly the saved params."""
+    scores = {}
+    try:
+        for (f, o), trials in asked.items():
+            entries = saved[f"{f}/{o}"]
+            if [e["params"] for e in entries] != [t.params for t in trials]:
+                return None
+            scores[f, o] = [float(e["score"]) for e in entries]
+    except (KeyError, TypeError, ValueError):  # an unreadable record: run the round
+        return None
+    return scores
+
+
+def _temporary(name: str) -> bool:
+    """A temporary file a killed atomic write left behind."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 class Progress:
