@@ -79,7 +79,9 @@ def test_run_name_depends_only_on_what_defines_the_experiment(tmp_path):
     assert final_study_name("r", "adam") == "r-adam-final"
 
 
-def test_password_never_written(tmp_path):
+def test_password_never_written(tmp_path, monkeypatch):
+    # prepare_run_dir opens the storage first: stand in for the (unreachable) server
+    monkeypatch.setattr("optimlab.storage.open_storage", lambda url, **kwargs: None)
     config = StudyConfig(optimizers=["adam"], storage="postgresql://me:hunter2@db.example/optuna")
     prepare_run_dir(config, tmp_path / "run")
     text = (tmp_path / "run" / "config.json").read_text()

@@ -5,8 +5,9 @@ Each sub-command lives in `optimlab.commands.<name>` (found automatically) and e
 `run` (a function of the parsed arguments returning an exit code). Those modules import
 heavy libraries only inside `run`, so `--help` stays instant.
 
-Failures become one line on stderr: exit 2 for usage errors, 1 for runtime errors,
-130 for Ctrl-C. `--debug` shows the traceback instead.
+Failures become one line on stderr: exit 2 for usage errors, 1 for runtime errors (a file
+system error included: disk full, permissions), 130 for Ctrl-C. `--debug` shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"optimlab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the file system refused mid-run (disk full, permissions, ...)
+        if args.debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(
+            f"optimlab {args.command}: error: {exc.strerror or exc}{where}; free space or fix "
+            "the permissions, then rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(
             f"\noptimlab {args.command}: interrupted; rerun the same command to resume.",

@@ -15,9 +15,11 @@ from __future__ import annotations
 import copy
 import datetime
 import importlib.util
+import json
 import os
 import socket
 import sqlite3
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,7 +116,9 @@ def open_storage(
         if kind == "journal":
             path = file_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            backend = JournalFileBackend(str(path))
+            _repair_journal(path, backend)
+            return optuna.storages.JournalStorage(backend)
         if kind == "sqlite":
             path = file_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,11 +133,78 @@ def open_storage(
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=requeue,
             )
+    except RunError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
-        hint = "; install optimlab[postgres]" if isinstance(exc, ImportError) else ""
         raise RunError(
-            f"cannot open storage {mask_url(url)}: {_scrub(str(exc), url)}{hint}"
+            f"cannot open storage {mask_url(url)}: {_scrub(str(exc), url)}; {_hint(kind, exc)}"
         ) from None
+
+
+def _hint(kind: str, exc: Exception) -> str:
+    """What to do about a storage that does not open."""
+    if isinstance(exc, ImportError):
+        return "install optimlab[postgres]"
+    if kind == "postgresql":
+        return "check that the server is up and the URL (host, port, user, password, database)"
+    if isinstance(exc, OSError):
+        return "check the path and its permissions"
+    what = "an SQLite database" if kind == "sqlite" else "an Optuna journal"
+    return (
+        f"the file is damaged or not {what}: point --storage at the run's storage, or move "
+        "the file away and start the study again"
+    )
+
+
+def _repair_journal(path: Path, backend) -> None:
+    """Make a journal file safe to append to, or fail with a RunError saying what is wrong.
+
+    A process killed while appending can leave a last record without its newline: Optuna
+    skips it while it is last, but the next append would glue onto it and corrupt the
+    journal for good. Such a tail never held a complete record, so it is cut off (under the
+    journal's lock, so no live writer is cut). A complete last line that is no record is
+    damage, not a kill: Optuna would ignore it until the next append, so it is refused here
+    (damage further up makes Optuna's replay fail, translated by `open_storage`).
+    """
+    from optuna.storages.journal._file import get_lock_file
+
+    if not path.exists():
+        return
+    if _tail(path)[0] < path.stat().st_size:
+        with get_lock_file(backend._lock):
+            end, size = _tail(path)[0], path.stat().st_size
+            if end < size:
+                os.truncate(path, end)
+                print(
+                    f"optimlab: dropped an incomplete last record of {path} "
+                    f"({size - end} bytes, left by a killed process)",
+                    file=sys.stderr,
+                )
+    _, line = _tail(path)
+    try:
+        record = json.loads(line) if line.strip() else {"op_code": None}
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise RunError(
+            f"journal file {path} is damaged: its last record is not an Optuna journal entry; "
+            "restore the file, or move it away and start the study again"
+        )
+
+
+def _tail(path: Path, chunk: int = 1 << 16) -> tuple[int, bytes]:
+    """(offset just past the last newline, the last complete line) of a file."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        data, start = b"", end
+        while start > 0 and data.count(b"\n") < 2:
+            previous, start = start, max(0, start - chunk)
+            f.seek(start)
+            data = f.read(previous - start) + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return 0, b""
+        return start + cut + 1, data[:cut].rsplit(b"\n", 1)[-1]
 
 
 def _with_driver(url: str) -> str:

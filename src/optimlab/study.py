@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from optimlab.atomic import write_json
+from optimlab.atomic import ensure_output_dir, write_json
 from optimlab.errors import UsageError
 from optimlab.mnist1d import variants
 from optimlab.storage import (
@@ -204,14 +204,18 @@ def _check(name: str, value: Any, ok, requirement: str) -> None:
 
 
 def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
-    """Create the run directory, or accept it to resume when it holds the same config."""
+    """Create the run directory, or accept it to resume when it holds the same config.
+
+    Nothing is written before the storage has opened: a run refused for an unreachable
+    server or a damaged file leaves no config.json behind that would then refuse the rerun
+    with the corrected --storage as "a different config".
+    """
+    from optimlab.storage import open_storage
+
     saved_path = run_dir / "config.json"
     current = config.to_dict()
     if saved_path.exists():
-        try:
-            saved = json.loads(saved_path.read_text())["config"]
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(f"{saved_path} is not a study config; use another --out") from None
+        saved = _read_config(saved_path, hint="; use another --out")
         changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
         if changed:
             differences = "; ".join(
@@ -221,9 +225,13 @@ def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
                 f"{run_dir} holds a run with a different config ({differences}); "
                 "rerun with the same options or use another --out"
             )
+        open_storage(config.storage_url(run_dir))  # resuming: a damaged store fails now
         return
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UsageError(f"{run_dir} exists and is not an empty directory or a study run")
+    if config.storage is not None:
+        open_storage(config.storage)
+    ensure_output_dir(run_dir, what="run directory")
     resolved = {
         "run_name": config.run_name(),
         "storage": mask_url(config.storage_url(run_dir)),
@@ -284,7 +292,11 @@ def report_from_storage(url: str, run_dir: str | Path, *, run: str | None = None
     if missing:
         raise UsageError(f"{mask_url(url)} holds no study {missing[0]}; is it the run's storage?")
     timings_path = run_dir / "timings.json"
-    previous = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    try:  # only its wall-clock time is kept: a damaged file is simply replaced
+        previous = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    except ValueError:
+        previous = {}
+    previous = previous if isinstance(previous, dict) else {}
     wall = {k: v for k, v in previous.items() if k == "wall_seconds_this_invocation"}
     write_json(timings_path, {**wall, **write_results(config, url, run_dir)})
     return build_report(run_dir)
@@ -333,8 +345,11 @@ def _stored_names(url: str) -> list[str]:
     return optuna.get_all_study_names(open_storage(url))
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_config(path: Path, hint: str = "") -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())["config"]
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{path} is not a study config") from None
+        config = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError, TypeError, OSError):
+        config = None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} is not a study config (damaged or another file){hint}")
+    return config

@@ -66,7 +66,10 @@ def storage_of(run_dir: Path) -> str:
             return f"{scheme}:///{(run_dir / name).resolve()}"
     config = run_dir / "config.json"
     if config.exists():
-        stored = json.loads(config.read_text()).get("config", {}).get("storage")
-        if stored and "***" not in stored:
+        try:
+            stored = json.loads(config.read_text())["config"]["storage"]
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{config} is not a study config; pass --storage URL") from None
+        if isinstance(stored, str) and stored and "***" not in stored:
             return stored
     raise UsageError(f"{run_dir} holds no study storage; pass --storage URL")

@@ -17,12 +17,13 @@ from optimlab.commands._args import (
     positive_int,
     seed,
 )
-from optimlab.mnist1d.variants import DEFAULT_VARIANTS
+from optimlab.mnist1d import variants
 
 ORDER = 40
 
 
 def register(subparsers: Any) -> None:
+    names = variants.DEFAULT_VARIANTS  # looked up now, not at import (tests may narrow it)
     parser = subparsers.add_parser(
         "train",
         help="train one mnist1d model and print its metrics",
@@ -33,9 +34,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--optimizer",
         required=True,
-        choices=DEFAULT_VARIANTS,
+        choices=names,
         metavar="NAME",
-        help=f"one of: {', '.join(DEFAULT_VARIANTS)}",
+        help=f"one of: {', '.join(names)}",
     )
     parser.add_argument("--lr", required=True, type=positive_float, help="learning rate")
     parser.add_argument(

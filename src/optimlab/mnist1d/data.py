@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,29 +65,45 @@ def generate_mnist1d() -> dict[str, np.ndarray]:
     return {name: np.asarray(data[name], dtype=DTYPES[name]) for name in SHAPES}
 
 
-def _read_verified(path: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays if the file is intact, else None."""
+def _read_verified(path: Path) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The cached arrays if the file is intact, else None and what is wrong with it.
+    Never unpickles: an object array (pickle) in the file is refused like any damage."""
+    if not path.exists():
+        return None, "absent"
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in SHAPES}
             stored = str(f["sha256"])
-    except Exception:  # missing, truncated, not a zip, missing keys: all mean "regenerate"
-        return None
+    except Exception as exc:  # truncated, not a zip, missing keys, pickled objects
+        return None, f"unreadable: {type(exc).__name__}"
     for name, shape in SHAPES.items():
         if arrays[name].shape != shape or arrays[name].dtype != DTYPES[name]:
-            return None
-    return arrays if checksum(arrays) == stored else None
+            return None, f"array {name} has the wrong shape or type"
+    return (arrays, "") if checksum(arrays) == stored else (None, "checksum mismatch")
 
 
 def load_mnist1d(cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """The standard mnist1d arrays `x, y, x_test, y_test` (float32 / int64), from the cache
-    in `cache_dir` when it verifies, else generated and cached atomically."""
+    in `cache_dir` when it verifies, else generated and cached atomically (a damaged cache
+    is replaced with a notice on stderr; an unwritable one only costs the regeneration)."""
     path = Path(cache_dir or default_cache_dir()) / CACHE_NAME
-    arrays = _read_verified(path)
+    arrays, problem = _read_verified(path)
     if arrays is None:
+        if problem != "absent":
+            print(
+                f"optimlab: mnist1d cache {path} is damaged ({problem}); regenerating it",
+                file=sys.stderr,
+            )
         arrays = generate_mnist1d()
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays, sha256=np.array(checksum(arrays)))
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **arrays, sha256=np.array(checksum(arrays)))
+        except OSError as exc:
+            print(
+                f"optimlab: cannot cache the mnist1d data in {path.parent} ({exc.strerror}); "
+                "it is generated again each run (set OPTIMLAB_CACHE to a writable directory)",
+                file=sys.stderr,
+            )
     return arrays
 
 

@@ -9,9 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optimlab.errors import UsageError
+from optimlab.errors import RunError, UsageError
 
 REQUIRED = ("config.json", "summary.json", "trials.csv", "finals.csv", "curves.csv")
+# The columns the report reads from each CSV file, and the keys of the JSON files.
+COLUMNS = {
+    "trials.csv": ("optimizer", "number", "state", "value"),
+    "finals.csv": ("optimizer", "seed", "test_loss", "test_accuracy", "val_loss"),
+    "curves.csv": ("optimizer", "seed", "epoch", "val_loss", "test_loss"),
+    "beta1.csv": ("optimizer", "seed", "step", "beta1"),
+    "importances.csv": ("optimizer", "param", "importance"),
+}
+SUMMARY_KEYS = ("run_name", "claim", "budget", "final_seeds", "optimizers", "verdict")
+FIX = "rerun the study, or rewrite its result files with `optimlab report --storage URL DIR`"
+
+
+def damaged(path: Path, what: str, fix: str = FIX) -> RunError:
+    """The error for a result file that cannot be used, naming the file and the way out."""
+    return RunError(f"result file {path} is damaged ({what}); {fix}")
 
 
 def _value(text: str) -> Any:
@@ -29,10 +44,33 @@ def _value(text: str) -> Any:
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a result CSV (none if the file is absent); RunError if it is damaged."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS.get(path.name, ()) if c not in (reader.fieldnames or [])]
+            if missing:
+                raise damaged(path, f"no column {missing[0]!r}")
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise damaged(path, str(exc).splitlines()[0] if str(exc) else "unreadable") from None
+    if any(None in row or None in row.values() for row in rows):
+        raise damaged(path, "a row has the wrong number of cells")
+    return [{k: _value(v) for k, v in row.items()} for row in rows]
+
+
+def read_json(path: Path, kind: type = dict, fix: str = FIX) -> Any:
+    """A result JSON file, which must hold a `kind`; RunError naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise damaged(path, f"not valid JSON: {exc}", fix) from None
+    if not isinstance(data, kind):
+        what = f"expected a JSON {kind.__name__}, got {type(data).__name__}"
+        raise damaged(path, what, fix)
+    return data
 
 
 def number(value: Any) -> float:
@@ -63,13 +101,16 @@ def load_results(run_dir: str | Path) -> Results:
     missing = [name for name in REQUIRED if not (run_dir / name).exists()]
     if missing:
         raise UsageError(f"{run_dir} is not a finished mnist1d study run (missing {missing[0]})")
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-        summary = json.loads((run_dir / "summary.json").read_text())
-        timings_path = run_dir / "timings.json"
-        timings = json.loads(timings_path.read_text()) if timings_path.exists() else None
-    except ValueError as exc:
-        raise UsageError(f"{run_dir}: a result file is not valid JSON ({exc})") from None
+    config = read_json(run_dir / "config.json")
+    if not isinstance(config.get("config"), dict):
+        raise damaged(run_dir / "config.json", "no 'config' table")
+    summary = read_json(run_dir / "summary.json")
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing or not isinstance(summary["optimizers"], dict):
+        what = f"no key {missing[0]!r}" if missing else "'optimizers' is not a table"
+        raise damaged(run_dir / "summary.json", what)
+    timings_path = run_dir / "timings.json"
+    timings = read_json(timings_path) if timings_path.exists() else None
     return Results(
         run_dir=run_dir,
         config=config,

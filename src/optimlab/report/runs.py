@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from optimlab.atomic import write_text
-from optimlab.errors import UsageError
+from optimlab.errors import RunError, UsageError
 from optimlab.report import build_report
 from optimlab.report.document import Heading, Image, Links, Paragraph, Table, to_html, to_markdown
+from optimlab.report.files import damaged, read_json
+
+SURFACES_FIX = "rerun `optimlab surfaces` (or `optimlab run`) with the same options"
 
 
 def report_any(run_dir: str | Path) -> list[Path]:
@@ -38,9 +40,18 @@ def _is_surfaces(path: Path) -> bool:
 
 def redraw_surfaces(out: Path) -> list[Path]:
     """Every figure and animation of a surfaces benchmark, from run.json and trajectories.npz."""
+    import zipfile
+
     from optimlab.surfaces.plots import draw_all
 
-    return draw_all(out)
+    read_json(out / "run.json", fix=SURFACES_FIX)  # names the file when it is damaged
+    try:
+        return draw_all(out)
+    except (KeyError, TypeError, ValueError, IndexError, OSError, zipfile.BadZipFile) as exc:
+        raise RunError(
+            f"the surfaces result files in {out} (run.json, trajectories.npz) are damaged "
+            f"({type(exc).__name__}); {SURFACES_FIX}"
+        ) from exc
 
 
 def _fmt(value: object) -> str:
@@ -64,21 +75,31 @@ def surfaces_table(summary: dict) -> Table:
     return Table(headers, rows)
 
 
+def _surfaces_table(path: Path) -> Table:
+    try:
+        return surfaces_table(read_json(path, fix=SURFACES_FIX))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise damaged(path, f"{type(exc).__name__}: {exc}", SURFACES_FIX) from None
+
+
 def write_index(run_dir: Path) -> Path:
     """report.md / report.html of a run directory: the verdict, the surfaces table and links
     to both parts."""
-    summary = json.loads((run_dir / "mnist1d" / "summary.json").read_text())
+    summary = read_json(run_dir / "mnist1d" / "summary.json")
+    headline = (summary.get("verdict") or {}).get("headline")
+    if not isinstance(headline, str):
+        raise damaged(run_dir / "mnist1d" / "summary.json", "no verdict headline")
     blocks = [
         Heading(1, "optimlab run"),
         Heading(2, "mnist1d study"),
-        Paragraph(summary["verdict"]["headline"]),
+        Paragraph(headline),
         Links(["mnist1d/report.html", "mnist1d/report.md"]),
         Heading(2, "Surfaces benchmark"),
     ]
     surfaces = run_dir / "surfaces"
     if (surfaces / "summary.json").exists():
         blocks += [
-            surfaces_table(json.loads((surfaces / "summary.json").read_text())),
+            _surfaces_table(surfaces / "summary.json"),
             Image("surfaces/convergence.png", "Convergence: f - f* per step, median and band"),
             Links(
                 sorted(
