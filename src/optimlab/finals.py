@@ -100,6 +100,8 @@ def run_finals(
         emit({"kind": "count", "optimizer": optimizer, "phase": "final", "finished": len(done)})
         if done >= set(seeds):
             drop_queued(study)
+            for seed in done:  # a run killed after it was told, before its checkpoint went
+                _checkpoint(checkpoints, study.study_name, params, seed, remove=True)
             return
         pending = {int(t.user_attrs["seed"]) for t in ours if not t.state.is_finished()}
         for seed in seeds:
@@ -147,12 +149,15 @@ def _taken(study: optuna.Study, trial: optuna.Trial) -> bool:
 def _checkpoint(
     directory: Path | None, study: str, params: dict[str, Any], seed: int, *, remove: bool = False
 ) -> Path | None:
-    """The checkpoint file of one final run (None without a directory); `remove` deletes it."""
+    """The checkpoint file of one final run (None without a directory); `remove` deletes it,
+    and the temporary copy a kill during its atomic write may have left."""
     if directory is None:
         return None
     digest = hashlib.sha256(key(params).encode()).hexdigest()[:12]
     path = Path(directory) / f"{study}-{digest}-seed{seed}.pt"
     if remove:
+        for stray in path.parent.glob(f".{path.name}.*.tmp"):
+            stray.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,10 +179,11 @@ def _train(
     def on_epoch(metrics: EpochMetrics) -> None:
         emit(_epoch_event(optimizer, "final", metrics, settings.epochs))
 
-    start = time.perf_counter()
     config = settings.config(optimizer, params, seed)
     result = train(config, splits, on_epoch=on_epoch, checkpoint=checkpoint)
-    trial.set_user_attr("seconds", time.perf_counter() - start)
+    # Every epoch's time, those restored from a checkpoint included: the run's cost, however
+    # often it was interrupted.
+    trial.set_user_attr("seconds", sum(m.seconds for m in result.history))
     trial.set_user_attr("history", [asdict(m) for m in result.history])
     trial.set_user_attr("beta1", [float(b) for b in result.beta1_history])
     test_loss = result.final.test_loss if result.history else None

@@ -74,9 +74,16 @@ class StudyProgress:
                 self.console.print(f"{optimizer}: no trial completed; no final runs")
 
     def _count(self, optimizer: str, phase: str, finished: int) -> None:
-        """Set an optimizer's bar from the storage's count (never backwards)."""
-        counts = self.counts.setdefault(optimizer, {"tune": 0, "final": 0})
+        """Set an optimizer's bar from the storage's count (never backwards); the first
+        count of a phase that finds work done says that the run resumes."""
         limit = self.config.trials if phase == "tune" else self.config.seeds
+        if optimizer not in self.counts and finished and not self.quiet:
+            what = "tuning trials" if phase == "tune" else "final seeds"
+            self.console.print(
+                f"{optimizer}: {min(finished, limit)}/{limit} {what} already finished; resuming",
+                highlight=False,
+            )
+        counts = self.counts.setdefault(optimizer, {"tune": 0, "final": 0})
         before = sum(counts.values())
         counts[phase] = max(counts[phase], min(finished, limit))
         self._advance(optimizer, sum(counts.values()) - before)

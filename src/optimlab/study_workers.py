@@ -27,6 +27,7 @@ from optimlab.errors import OptimlabError, RunError, UsageError
 from optimlab.study import CONFIG_ATTR, StudyConfig, final_study_name, tune_study_name
 
 Emit = Callable[[dict[str, Any]], None]
+STOP_GRACE = 5.0  # seconds that interrupted workers get to fail their trials and exit
 
 
 def run_workers(
@@ -55,6 +56,11 @@ def run_workers(
         process.start()
     try:
         error = _collect(processes, events, emit)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the workers too (one process group): each fails its trial (run
+        # again on resume) and exits; terminated mid-way, it would leave the trial RUNNING.
+        _stop(processes, grace=STOP_GRACE)
+        raise
     except BaseException:
         _stop(processes)
         raise
@@ -88,7 +94,11 @@ def _collect(processes: list, events: Any, emit: Emit) -> OptimlabError | None:
             return None
 
 
-def _stop(processes: list) -> None:
+def _stop(processes: list, grace: float = 0.0) -> None:
+    """Terminate the workers still running after `grace` seconds, and wait for all."""
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
         if process.is_alive():
             process.terminate()
