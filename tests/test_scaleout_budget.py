@@ -5,6 +5,7 @@ worker, a dead local process, a queued copy, a trial failed under a live worker)
 training is a synthetic loss curve, so each rule is checked exactly and quickly.
 """
 
+import datetime
 import math
 import subprocess
 import sys
@@ -261,3 +262,34 @@ def test_results_from_the_storage_leave_surplus_trials_out(tmp_path):
     other = StudyConfig(optimizers=["adam"], trials=3, epochs=1, seeds=1, study_name="x")
     with pytest.raises(UsageError, match="trials: 2 there, 3 here"):  # same name, other budget
         run_study(replace(other, storage=url), tmp_path / "other", quiet=True)
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_an_ownerless_trial_from_before_this_command_is_reclaimed_at_once(
+    tmp_path, monkeypatch, scheme
+):
+    """A kill between Optuna's ask and the owner mark leaves a RUNNING trial without owner: in
+    a file store, one older than this command is a dead run's, reclaimed without waiting for
+    the grace period (else a resumed run would ask past it and propose other points)."""
+    suffix = "db" if scheme == "sqlite" else "journal"
+    study = optuna.create_study(storage=storage.open_storage(f"{scheme}:///{tmp_path}/s.{suffix}"))
+    orphan = study.ask()
+    orphan.suggest_float("lr", 1e-4, 1e-1, log=True)
+    started = study.trials[0].datetime_start
+    monkeypatch.setattr(storage, "_command_started", started - datetime.timedelta(seconds=1))
+    assert storage.reclaim_dead_trials(study, grace_period=3600) == 0  # asked by this command
+    monkeypatch.setattr(storage, "_command_started", started + datetime.timedelta(seconds=1))
+    assert storage.reclaim_dead_trials(study, grace_period=3600) == 1
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[1].params == study.trials[0].params
+
+
+def test_an_ownerless_trial_on_a_server_waits_for_the_grace_period(monkeypatch):
+    """On a shared server another machine may be between ask and owner mark: only the grace
+    period reclaims it (an in-memory store stands in for the server here)."""
+    study = optuna.create_study()
+    study.ask()
+    started = study.trials[0].datetime_start
+    monkeypatch.setattr(storage, "_command_started", started + datetime.timedelta(seconds=1))
+    assert storage.reclaim_dead_trials(study, grace_period=3600) == 0

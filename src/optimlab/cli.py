@@ -56,8 +56,12 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting: nothing has run yet
+        print("\noptimlab: interrupted before starting", file=sys.stderr)
+        return 130
     if args.command is None:
         parser.print_help()
         return 2

@@ -38,6 +38,19 @@ SURPLUS_ATTR = "surplus"  # user attribute of a trial asked once the budget was 
 HEARTBEAT_INTERVAL = 2  # seconds between heartbeats of a running trial (PostgreSQL)
 GRACE_PERIOD = 10  # seconds without a heartbeat before a running trial is failed and re-queued
 
+# When this command started (worker processes get their parent's, `set_command_started`): an
+# ownerless RUNNING trial in a file store that is older than this was left by a killed run.
+_command_started = datetime.datetime.now()
+
+
+def command_started() -> datetime.datetime:
+    return _command_started
+
+
+def set_command_started(moment: datetime.datetime) -> None:
+    global _command_started
+    _command_started = moment
+
 
 def mask_url(url: str) -> str:
     """`url` with its password (user info or `?password=` query) replaced by `***`."""
@@ -255,9 +268,11 @@ def reclaim_dead_trials(study: optuna.Study, *, grace_period: float = GRACE_PERI
     callback queues them. Every storage also gets, from here: trials whose process on this
     host is gone (a killed run leaves its trial RUNNING for ever on SQLite and journal files;
     the start time in the worker id tells a dead process from a new one reusing its pid), and
-    trials that never got an owner within `grace_period` seconds (killed right after asking).
-    Each is failed, then re-queued like the stale ones (`requeue`): a WAITING copy with its
-    parameters, which the next `ask` of any worker pops.
+    trials that never got an owner within `grace_period` seconds (killed right after asking),
+    or, in a file store (only this host writes it), that got none before this command
+    started: a resumed run must not ask past such a trial, or its proposals would differ
+    from an uninterrupted run's. Each is failed, then re-queued like the stale ones
+    (`requeue`): a WAITING copy with its parameters, which the next `ask` of any worker pops.
     """
     import optuna
     from optuna.trial import TrialState
@@ -266,12 +281,14 @@ def reclaim_dead_trials(study: optuna.Study, *, grace_period: float = GRACE_PERI
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     host, now = socket.gethostname(), datetime.datetime.now()
+    local = _is_file_store(study)
     reclaimed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(WORKER_ATTR)
         if owner is None:
             started = trial.datetime_start or now
-            dead = (now - started).total_seconds() > grace_period
+            orphaned = local and started < _command_started
+            dead = orphaned or (now - started).total_seconds() > grace_period
         else:
             owner_host, _, process = str(owner).partition(":")
             pid, _, started = process.partition(":")
@@ -280,6 +297,16 @@ def reclaim_dead_trials(study: optuna.Study, *, grace_period: float = GRACE_PERI
             requeue(study, study._storage.get_trial(trial._trial_id))
             reclaimed += 1
     return reclaimed
+
+
+def _is_file_store(study: optuna.Study) -> bool:
+    """Whether the study lives in an SQLite or journal file (written from this host only)."""
+    import optuna
+
+    if isinstance(study._storage, optuna.storages.JournalStorage):
+        return True
+    rdb = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    return str(getattr(rdb, "url", "")).startswith("sqlite")
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

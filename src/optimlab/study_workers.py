@@ -10,6 +10,7 @@ a queue; an error in one stops the others.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import functools
 import multiprocessing
 import os
@@ -42,12 +43,15 @@ def run_workers(
         _setup_process(config.threads)
         run_worker(config, url, 0, emit, checkpoints=checkpoints)
         return
+    from optimlab.storage import command_started
+
     context = multiprocessing.get_context("spawn")  # safe with torch; fork is not
     events = context.Queue()
+    started = command_started()
     processes = [
         context.Process(
             target=_worker_main,
-            args=(config.to_dict_raw(), url, index, events, checkpoints, os.getpid()),
+            args=(config.to_dict_raw(), url, index, events, checkpoints, os.getpid(), started),
             name=f"optimlab-worker-{index}",
         )
         for index in range(config.workers)
@@ -113,10 +117,14 @@ def _worker_main(
     events: Any,
     checkpoints: Path | None,
     parent: int,
+    started: datetime.datetime,
 ) -> None:
     """A worker process: run the study; errors go to the parent as one-line messages."""
+    from optimlab.storage import set_command_started
+
     try:
         _die_with_parent(parent)
+        set_command_started(started)  # the parent's: trials older than that are orphans
         parsed = StudyConfig.from_dict(config)
         _setup_process(parsed.threads)
         run_worker(parsed, url, index, events.put, checkpoints=checkpoints)
