@@ -49,3 +49,15 @@ def test_ensure_output_dir_rejects_unwritable_paths_with_one_line(bad):
 def test_ensure_output_dir_creates_and_leaves_no_probe(tmp_path):
     out = atomic.ensure_output_dir(tmp_path / "a" / "b")
     assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_remove_temporary_files_removes_only_interrupted_writes(tmp_path):
+    from optimlab.atomic import remove_temporary_files
+
+    keep = [tmp_path / "summary.json", tmp_path / ".hidden", tmp_path / "notes.tmp"]
+    stray = [tmp_path / ".summary.json.x1y2.tmp", tmp_path / ".a.png.zz.tmp"]
+    for path in keep + stray:
+        path.write_text("x")
+    assert remove_temporary_files(tmp_path) == 2
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stray)
+    assert remove_temporary_files(tmp_path / "missing") == 0

@@ -122,3 +122,15 @@ def test_heartbeat_settings_are_checked():
         StudyConfig(heartbeat_interval=5, grace_period=5).validate()
     with pytest.raises(UsageError, match="heartbeat_interval"):
         StudyConfig(heartbeat_interval=0).validate()
+
+
+def test_resuming_removes_what_killed_writes_left(tmp_path):
+    config = StudyConfig(optimizers=["adam"], trials=2)
+    run = tmp_path / "run"
+    prepare_run_dir(config, run)
+    (run / "checkpoints").mkdir()
+    stray = [run / ".summary.json.abc.tmp", run / "checkpoints" / ".x.pt.def.tmp"]
+    for path in stray:
+        path.write_text("partial")
+    prepare_run_dir(config, run)
+    assert not any(p.exists() for p in stray) and (run / "config.json").exists()

@@ -40,6 +40,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def is_temporary(name: str) -> bool:
+    """Whether `name` is an `atomic_path` temporary (a killed write leaves one behind)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_temporary_files(directory: str | os.PathLike) -> int:
+    """Delete the temporaries killed writes left in `directory` (a run that resumes owns its
+    directory: no write of its own is in flight); return how many."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    stray = [p for p in directory.iterdir() if p.is_file() and is_temporary(p.name)]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return len(stray)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

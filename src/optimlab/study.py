@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from optimlab.atomic import ensure_output_dir, write_json
+from optimlab.atomic import ensure_output_dir, remove_temporary_files, write_json
 from optimlab.errors import UsageError
 from optimlab.mnist1d import variants
 from optimlab.storage import (
@@ -226,6 +226,8 @@ def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
                 "rerun with the same options or use another --out"
             )
         open_storage(config.storage_url(run_dir))  # resuming: a damaged store fails now
+        for directory in (run_dir, run_dir / CHECKPOINTS):
+            remove_temporary_files(directory)  # left by writes a kill interrupted
         return
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UsageError(f"{run_dir} exists and is not an empty directory or a study run")

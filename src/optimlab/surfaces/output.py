@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimlab.atomic import atomic_path, write_csv, write_json, write_text
+from optimlab.atomic import (
+    atomic_path,
+    is_temporary,
+    remove_temporary_files,
+    write_csv,
+    write_json,
+    write_text,
+)
 from optimlab.errors import UsageError
 from optimlab.surfaces.batched import Variant
 from optimlab.surfaces.functions import Surface, grid
@@ -73,7 +80,7 @@ def claim(out: Path, config: dict[str, Any], *, create: bool = True) -> State:
     config = json.loads(json.dumps(config))  # as it reads back (lists, not tuples)
     path = out / STATE
     if not path.exists():
-        if out.exists() and any(not _temporary(p.name) for p in out.iterdir()):
+        if out.exists() and any(not is_temporary(p.name) for p in out.iterdir()):
             raise UsageError(
                 f"{out} is not empty and holds no surfaces run; use an empty or new --out"
             )
@@ -93,6 +100,7 @@ def claim(out: Path, config: dict[str, Any], *, create: bool = True) -> State:
         usable = False
     if not usable:
         raise UsageError(f"{path} is not a readable surfaces run state; use another --out")
+    remove_temporary_files(out)  # a kill mid-write left them; this run rewrites those files
     state = State(path, saved["config"], saved["rounds"], saved["rows"])
     changed = [k for k in config | state.config if config.get(k) != state.config.get(k)]
     if changed:
@@ -128,11 +136,6 @@ def saved_scores(asked: dict, saved: Mapping[str, list[dict[str, Any]]]) -> dict
     except (KeyError, TypeError, ValueError):  # an unreadable record: run the round
         return None
     return scores
-
-
-def _temporary(name: str) -> bool:
-    """A temporary file a killed atomic write left behind."""
-    return name.startswith(".") and name.endswith(".tmp")
 
 
 class Progress:
