@@ -14,9 +14,15 @@ Compile time is the first step of a compiled variant; inductor's cache starts em
 temporary directory), so it is the cost of a first use in a process (the first one in the
 table also pays for inductor's own start-up).
 
+DynamicAdam's update (compile=True and eager, lookahead and online) is timed the same way
+against torch's fused Adam at 100k and 10M parameters (`time_dynamic`). Its meta batch costs
+nothing here (PrecomputedMetaLoss): what is timed is the step without the meta batch's
+forward and backward, the gate and the hypergradient's dot product included.
+
     python -m benchmarks.optimizer_compile          # writes results/optimizer_compile.json
                                                     # and results/step_scaling.png
     python -m benchmarks.optimizer_compile --quick  # up to 10M, fewer rounds, writes nothing
+    python -m benchmarks.optimizer_compile --dynamic-only  # DynamicAdam only, writes nothing
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -154,6 +161,134 @@ def time_size(size: Size, runs: int) -> dict[str, Timing]:
     return timings
 
 
+class PrecomputedMetaLoss(torch.autograd.Function):
+    """A meta loss of 0 whose gradient with respect to the parameters is given: a meta batch
+    whose forward and backward cost nothing, so that a lookahead step times only the
+    optimizer's own work (the update, the gate, the dot product <grad L_meta, w_t>)."""
+
+    @staticmethod
+    def forward(ctx: Any, grads: list[torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
+        ctx.grads = grads
+        return params[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, *ctx.grads)
+
+
+@dataclass
+class DynamicVariant:
+    hypergradient: str
+    compile: bool
+    meta: bool = True  # lookahead: a meta closure at every step (the gate learns)
+
+
+DYNAMIC_VARIANTS = {
+    "DynamicAdam compiled lookahead": DynamicVariant("lookahead", True),
+    "DynamicAdam compiled online": DynamicVariant("online", True),
+    "DynamicAdam compiled no meta": DynamicVariant("lookahead", True, meta=False),
+    "DynamicAdam eager lookahead": DynamicVariant("lookahead", False),
+    "DynamicAdam eager online": DynamicVariant("online", False),
+}
+DYNAMIC_FULL = [Size("100k", 5_000, 100), Size("10M", 500_000, 20)]
+DYNAMIC_QUICK = [Size("100k", 5_000, 30), Size("10M", 500_000, 8)]
+DYNAMIC_SETS = 2  # parameter sets the variants take turns on
+
+
+@dataclass
+class DynamicTiming:
+    median_ms: float  # median over runs of the run's median step time
+    vs_fused: float  # median over runs of the median per-round ratio to torch's fused Adam
+    vs_fused_range: tuple[float, float]  # smallest and largest run value
+    compile_s: float | None  # first step of a compiled variant
+
+
+def dynamic_step(variant: DynamicVariant, params: list[torch.Tensor], meta: list[torch.Tensor]):
+    optimizer = oo.create(
+        "dynamic_adam", params, hypergradient=variant.hypergradient, compile=variant.compile
+    )
+    if variant.hypergradient == "online" or not variant.meta:
+        return optimizer.step
+    return lambda: optimizer.step(meta_closure=lambda: PrecomputedMetaLoss.apply(meta, *params))
+
+
+def time_dynamic(size: Size, runs: int) -> dict[str, DynamicTiming]:
+    """DynamicAdam's step time at `size` against torch's fused Adam: `runs` blocks of rounds,
+    the variants in a fresh random order each round, each taking turns on DYNAMIC_SETS sets of
+    parameters, gradients and meta gradients (every variant has its own state on each)."""
+    data = torch.Generator().manual_seed(1)
+
+    def tensors(scale: float) -> list[torch.Tensor]:
+        shape = (size.numel_per_tensor,)
+        return [torch.randn(shape, generator=data) * scale for _ in range(size.tensors)]
+
+    sets = []
+    for _ in range(DYNAMIC_SETS):
+        params = [v.requires_grad_() for v in tensors(1.0)]
+        for p, g in zip(params, tensors(1e-2), strict=True):
+            p.grad = g
+        sets.append((params, tensors(1e-2)))
+    names = [FUSED_ADAM, *DYNAMIC_VARIANTS]
+    steps: dict[str, list[Callable[[], object]]] = {}
+    compile_s = {}
+    for name in names:
+        variant = DYNAMIC_VARIANTS.get(name)
+        steps[name] = [
+            torch.optim.Adam(params, fused=True).step
+            if variant is None
+            else dynamic_step(variant, params, meta)
+            for params, meta in sets
+        ]
+        start = time.perf_counter()
+        steps[name][0]()  # creates the state; compiles a compiled variant
+        compile_s[name] = time.perf_counter() - start if variant and variant.compile else None
+        for step in steps[name]:
+            step()
+    order = random.Random(0)
+    per_run: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for _ in range(runs):
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(size.rounds):
+            for i in order.sample(range(len(names)), len(names)):
+                step = steps[names[i]][(i + round_) % DYNAMIC_SETS]
+                start = time.perf_counter()
+                step()
+                seconds[names[i]].append(time.perf_counter() - start)
+        for name in names:
+            ratio = median_ratio(seconds[name], seconds[FUSED_ADAM])
+            per_run[name].append((statistics.median(seconds[name]), ratio))
+    timings = {}
+    for name, results in per_run.items():
+        ms, vs_fused = zip(*results, strict=True)
+        timings[name] = DynamicTiming(
+            median_ms=1e3 * statistics.median(ms),
+            vs_fused=statistics.median(vs_fused),
+            vs_fused_range=(min(vs_fused), max(vs_fused)),
+            compile_s=compile_s[name],
+        )
+    return timings
+
+
+def dynamic_table(results: dict[str, dict[str, DynamicTiming]]) -> str:
+    header = f"{'CPU step':<32}{'params':>7}{'ms':>10}{'/ fused Adam':>14}{'range':>13}"
+    header += f"{'compile s':>11}"
+    lines = [header, "-" * len(header)]
+    for label, timings in results.items():
+        for name, t in timings.items():
+            compile_s = f"{t.compile_s:>11.1f}" if t.compile_s is not None else ""
+            lines.append(
+                f"{name:<32}{label:>7}{t.median_ms:>10.3f}{t.vs_fused:>13.2f}x"
+                f"{t.vs_fused_range[0]:>7.2f}-{t.vs_fused_range[1]:.2f}{compile_s}"
+            )
+        lines.append("")
+    lines.append(
+        "DynamicAdam: the step without the meta batch's forward and backward (lookahead: a "
+        "meta closure with a precomputed gradient; no meta: lookahead without a meta closure, "
+        "the gate does not learn); / fused Adam: per-round time / torch.optim.Adam(fused=True)"
+    )
+    return "\n".join(lines)
+
+
 def table(results: dict[str, dict[str, Timing]]) -> str:
     header = (
         f"{'CPU step':<24}{'params':>7}{'ms':>10}{'/ fused':>9}{'range':>13}"
@@ -210,9 +345,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="up to 10M, few rounds; no files")
     parser.add_argument("--runs", type=int, default=3, help="blocks of rounds (default 3)")
+    parser.add_argument(
+        "--dynamic-only", action="store_true", help="DynamicAdam only; writes nothing"
+    )
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    results = {}
+    sizes = [] if args.dynamic_only else QUICK if args.quick else FULL
+    dynamic_sizes = DYNAMIC_QUICK if args.quick else DYNAMIC_FULL
+    results, dynamic = {}, {}
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="optimlab-inductor-") as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # read at each compile: cold compiles
@@ -223,12 +362,20 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                 )
                 results[size.label] = time_size(size, args.runs)
+            for size in dynamic_sizes:
+                print(
+                    f"timing DynamicAdam at {size.label}: {args.runs} x {size.rounds} rounds...",
+                    file=sys.stderr,
+                )
+                dynamic[size.label] = time_dynamic(size, args.runs)
         finally:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
             if previous is not None:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
-    print(table(results))
-    if args.quick:
+    if results:
+        print(table(results))
+    print(dynamic_table(dynamic))
+    if args.quick or args.dynamic_only:
         return
     payload = {
         "default": DEFAULT,
@@ -242,6 +389,14 @@ def main(argv: list[str] | None = None) -> None:
                 "timings": {name: asdict(t) for name, t in results[size.label].items()},
             }
             for size in sizes
+        },
+        "dynamic_adam": {
+            size.label: {
+                **asdict(size),
+                "params": size.params,
+                "timings": {name: asdict(t) for name, t in dynamic[size.label].items()},
+            }
+            for size in dynamic_sizes
         },
     }
     print(f"saved {save('optimizer_compile', payload)}", file=sys.stderr)

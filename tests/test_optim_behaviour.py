@@ -391,4 +391,7 @@ def test_foreach_argument_picks_the_path(name, foreach, monkeypatch):
         )
     params = make_params()
     run(oo.get(name)(params, **FULL_OPTIONS[name], foreach=foreach), params, range(1))
-    assert used == ["multi" if foreach else "single"]
+    # foreach=None on CPU: the Adam family takes the multi-tensor path for small groups
+    # (faster there, measured), the others the for-loop.
+    small_default = foreach is None and core == "adam"
+    assert used == ["multi" if foreach or small_default else "single"]

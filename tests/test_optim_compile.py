@@ -200,6 +200,56 @@ def test_a_failing_compile_is_a_clear_error_at_the_first_step(monkeypatch):
         optimizer.step()
 
 
+# -- the eager default path on CPU: multi-tensor for small parameter sets ------------------
+
+
+def paths_taken(monkeypatch, params: list[torch.Tensor], **options: Any) -> list[str]:
+    """Which eager path each step of Adam over `params` takes."""
+    used = []
+    for path in ("single", "multi"):
+        function = getattr(adam_module, f"_{path}_tensor_adam")
+        monkeypatch.setattr(
+            adam_module,
+            f"_{path}_tensor_adam",
+            lambda *a, _path=path, _function=function, **k: (
+                used.append(_path) or _function(*a, **k)
+            ),
+        )
+    for p in params:
+        p.grad = torch.ones_like(p)
+    oo.Adam(params, **options).step()
+    return used
+
+
+def test_default_eager_path_is_multi_tensor_for_small_parameter_sets_on_cpu(monkeypatch):
+    limit = oo._common.ADAM_FOREACH_CPU_MAX_NUMEL
+    small = [
+        torch.zeros(limit // 2, requires_grad=True),
+        torch.zeros(limit // 2, requires_grad=True),
+    ]
+    large = [*small, torch.zeros(1, requires_grad=True)]
+    assert paths_taken(monkeypatch, small) == ["multi"]
+    assert paths_taken(monkeypatch, large) == ["single"]
+    assert paths_taken(monkeypatch, small, foreach=False) == ["single"]
+    assert paths_taken(monkeypatch, large, foreach=True) == ["multi"]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"amsgrad": True, "maximize": True}, {"weight_decay": 0.1}],
+    ids=str,
+)
+def test_both_eager_paths_give_identical_results(name, options):
+    """So the size-based default changes speed only, never a number."""
+    runs = []
+    for foreach in (False, True):
+        params, _ = train(lambda g, f=foreach: oo.create(name, g, lr=0.01, foreach=f, **options),
+                          MIXED_GROUPS[1:], steps=10)  # fmt: skip
+        runs.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 # -- slow: the whole option grid, many layouts in one process, float32 at scale -------------
 
 

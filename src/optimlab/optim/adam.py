@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optimlab.optim._common import (
+    ADAM_FOREACH_CPU_MAX_NUMEL,
     Closure,
     ParamsT,
     check_compilable,
@@ -171,7 +172,7 @@ def adam(
     """One Adam step, in place; `max_exp_avg_sqs` is used (and may be empty) only for AMSGrad."""
     if compile:
         step = _compiled_adam
-    elif use_foreach(foreach, params):
+    elif use_foreach(foreach, params, cpu_max_numel=ADAM_FOREACH_CPU_MAX_NUMEL):
         step = _multi_tensor_adam
     else:
         step = _single_tensor_adam

@@ -25,8 +25,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from optimlab.optim._common import check_compilable
 from optimlab.optim.adam import check_adam_arguments
 from optimlab.optim.dynamic_adam_buckets import Plan
+from optimlab.optim.dynamic_adam_compiled import (
+    compiled_bucket_dots,
+    compiled_bucket_sums,
+    compiled_bucket_updates,
+)
 from optimlab.optim.gate import (
     GateAdam,
     GateTensors,
@@ -59,6 +65,11 @@ class DynamicAdam(Optimizer):
     before anything is modified; a non-finite meta loss or hypergradient skips the gate update
     (counted in `skipped_gate_updates`, warned once). The per-parameter state tensors are views
     of flat buffers: replace them through load_state_dict, not by assignment.
+
+    compile=True runs the gradient statistics, the update and the lookahead dot products
+    through torch.compile (dynamic_adam_compiled.py), each one pass over memory, compiled once
+    per layout of parameters at the first step (seconds); the gate stays eager. It is the
+    optimizer's choice of path, not state: a state dict of either path loads into either.
     """
 
     def __init__(
@@ -75,6 +86,7 @@ class DynamicAdam(Optimizer):
         hypergradient: str = "lookahead",
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
+        compile: bool = False,
     ) -> None:
         check_adam_arguments(lr, betas, eps, weight_decay)
         if not 0.0 <= gate_lr:
@@ -100,8 +112,11 @@ class DynamicAdam(Optimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults)
+        if compile:
+            check_compilable([p for group in self.param_groups for p in group["params"]])
         first = self.param_groups[0]["params"][0]  # the gate takes its dtype and device
         self.hypergradient = hypergradient
+        self.compile = bool(compile)
         self.beta1_range = (float(beta1_range[0]), float(beta1_range[1]))
         self.gate = make_gate(
             gate_hidden, betas[0], self.beta1_range, dtype=first.dtype, device=first.device
@@ -120,11 +135,12 @@ class DynamicAdam(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         """torch's Optimizer pickles (and deep-copies) only defaults, state and param_groups."""
         own = ["hypergradient", "beta1_range", "gate", "gate_optimizer", "beta1_history"]
-        own += ["skipped_gate_updates", "_features", "_warned_skip"]
+        own += ["skipped_gate_updates", "_features", "_warned_skip", "compile"]
         return {**super().__getstate__(), **{name: getattr(self, name) for name in own}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("compile", False)  # pickled before compile=True existed
         self._clear_caches()
 
     @property
@@ -161,7 +177,8 @@ class DynamicAdam(Optimizer):
             plan = Plan(self.param_groups, self.state, online)  # installed once all is finite
         if not plan.buckets:
             return loss
-        grads = [bucket.gradient() for bucket in plan.buckets]  # g_t, flat, per bucket
+        # g_t, flat, per bucket; the compiled kernels read the .grad themselves
+        grads = None if self.compile else [bucket.gradient() for bucket in plan.buckets]
         features, hypergradient = self._statistics(plan, grads)  # raises if not finite
         if not plan.installed:
             plan.install(self.state)
@@ -175,27 +192,34 @@ class DynamicAdam(Optimizer):
         beta1 = self._beta1(x, tensors)  # then pick beta1_t with the gate as it is now
         self.beta1_history.append(beta1)
         with_direction = online or meta_closure is not None
-        directions = [
-            bucket.update(grad, beta1, with_direction)
-            for bucket, grad in zip(plan.buckets, grads, strict=True)
-        ]
+        if grads is None:
+            directions = compiled_bucket_updates(plan.buckets, beta1, with_direction)
+        else:
+            directions = [
+                bucket.update(grad, beta1, with_direction)
+                for bucket, grad in zip(plan.buckets, grads, strict=True)
+            ]
         if online:
             self._features = x
         elif meta_closure is not None:
             self._lookahead(meta_closure, x, tensors, plan, directions)
         return loss
 
-    def _statistics(self, plan: Plan, grads: list[Tensor]) -> tuple[list[float], float]:
+    def _statistics(self, plan: Plan, grads: list[Tensor] | None) -> tuple[list[float], float]:
         """The gate input x_t = [slog(mean g_t), slog(var g_t)] and, online, the hypergradient
         <g_t, u_{t-1}> = dL_train/dbeta1_{t-1}, read with one synchronisation: per bucket
-        sum(g), sum(g^2) (and the dot product) in one call. A non-finite x_t raises here,
-        before anything is modified."""
+        sum(g), sum(g^2) (and the dot product) in one call (compiled: in one pass for all
+        buckets, `grads` None). A non-finite x_t raises here, before anything is modified."""
         buckets = plan.buckets
-        values = _read([b.raw_moments(g) for b, g in zip(buckets, grads, strict=True)], plan)
+        if grads is None:
+            values = compiled_bucket_sums(buckets).tolist()
+        else:
+            values = _read([b.raw_moments(g) for b, g in zip(buckets, grads, strict=True)], plan)
         stride, numel = (3 if plan.online else 2), max(plan.numel, 1)
         mean = sum(values[0::stride]) / numel
         var = sum(values[1::stride]) / numel - mean * mean
         if not mean * mean <= var:  # |mean| > std (or not finite): two passes, no cancellation
+            grads = grads or [bucket.gradient() for bucket in buckets]
             moments = _read([torch.stack(chunk_moments(g)) for g in grads], plan)
             mean, var = combine_moments(plan.counts, moments[0::2], moments[1::2])
         features = [slog_value(mean), slog_value(var)]
@@ -229,17 +253,28 @@ class DynamicAdam(Optimizer):
             if not isinstance(meta_loss, Tensor) or meta_loss.numel() != 1:
                 raise TypeError("meta_closure must return the meta loss as a scalar tensor")
             meta_grads = torch.autograd.grad(meta_loss, plan.params, allow_unused=True)
-        dots, start = [meta_loss.reshape(()) if meta_loss.dim() else meta_loss], 0
-        for bucket, direction in zip(plan.buckets, directions, strict=True):
-            end = start + len(bucket.params)
-            dots.append(torch.dot(bucket.flatten(meta_grads[start:end]), direction))
-            start = end
-        values = _read([torch.stack(dots)], plan) if plan.one_device else [d.item() for d in dots]
+        if self.compile:
+            dots = compiled_bucket_dots(plan.buckets, meta_grads)
+            values = [meta_loss.item(), *dots.tolist()]
+        else:
+            values = self._dots(plan, meta_loss, meta_grads, directions)
         hypergradient = sum(  # u_t = c_t w_t; with maximize the gate ascends
             (-dot if bucket.group["maximize"] else dot) * bucket.direction_scale
             for bucket, dot in zip(plan.buckets, values[1:], strict=True)
         )
         self._train_gate(x, hypergradient if math.isfinite(values[0]) else math.nan, tensors)
+
+    @staticmethod
+    def _dots(
+        plan: Plan, meta_loss: Tensor, meta_grads: tuple, directions: list[Tensor | None]
+    ) -> list[float]:
+        """[L_meta, <grad L_meta, w_t> per bucket], read with one synchronisation."""
+        dots, start = [meta_loss.reshape(()) if meta_loss.dim() else meta_loss], 0
+        for bucket, direction in zip(plan.buckets, directions, strict=True):
+            end = start + len(bucket.params)
+            dots.append(torch.dot(bucket.flatten(meta_grads[start:end]), direction))
+            start = end
+        return _read([torch.stack(dots)], plan) if plan.one_device else [d.item() for d in dots]
 
     def _train_gate(self, x: Tensor, hypergradient: float, tensors: GateTensors | None) -> None:
         """Put dL/dphi = dL/dbeta1 * dbeta1/dphi at input x in the gate's .grad and step its

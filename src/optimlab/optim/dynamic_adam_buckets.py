@@ -13,7 +13,7 @@ when that set changes it is rebuilt from the per-parameter state.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -23,6 +23,21 @@ from optimlab.optim.gate_input import CHUNK_NUMEL
 # Online mode, per parameter: u_t = dtheta_{t+1}/dbeta1_t = c_t w_t, kept as the tensor w_t
 # and the float c_t (a whole-tensor scaling saved per step).
 DIRECTION, DIRECTION_SCALE = "beta1_direction", "beta1_direction_scale"
+
+
+class StepScalars(NamedTuple):
+    """A bucket's scalars for step t (Bucket.scalars); the first seven, in this order, are a
+    row of the compiled update's coefficients."""
+
+    beta1: float
+    beta2: float
+    step_size: float  # lr sqrt(1 - beta2^t) / (1 - P_t)
+    eps_hat: float  # eps sqrt(1 - beta2^t)
+    grad_weight: float  # 1 - P_{t-1}, in w_t = m_{t-1} - (1 - P_{t-1}) g_t
+    l2: float  # weight decay added to the gradient (0 if decoupled)
+    shrink: float  # 1 - lr weight_decay if decoupled, else 1
+    step: int
+    product: float  # P_t
 
 
 class Bucket:
@@ -146,36 +161,56 @@ class Bucket:
         """One DynamicAdam step of the bucket with g_t = `grad` and beta1_t = `beta1`, in place;
         returns w_t (flat), with u_t = dtheta_{t+1}/dbeta1_t = direction_scale * w_t, if
         `with_direction`. Decoupled decay does not depend on beta1, so it does not enter u_t."""
-        group = self.group
-        lr, beta2, eps = float(group["lr"]), group["betas"][1], group["eps"]
-        step, product_before = self.step + 1, self.beta1_product
-        product = product_before * beta1  # P_t
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
-        step_size = lr * bias_correction2_sqrt / (1.0 - product)
-        if group["decoupled_weight_decay"] and group["weight_decay"]:
-            torch._foreach_mul_(self.params, 1.0 - lr * group["weight_decay"])
+        scalars = self.scalars(beta1)
+        if self.group["decoupled_weight_decay"] and self.group["weight_decay"]:
+            torch._foreach_mul_(self.params, scalars.shrink)
         direction = None
         if with_direction:  # reads m_{t-1}, before it moves
-            direction = direction_numerator(self.exp_avg, grad, product_before, self.direction)
-        moments_update_(self.exp_avg, self.exp_avg_sq, grad, beta1, beta2)
+            direction = direction_numerator(self.exp_avg, grad, self.beta1_product, self.direction)
+        moments_update_(self.exp_avg, self.exp_avg_sq, grad, beta1, scalars.beta2)
         if self.packed:
             denom, denoms = torch.sqrt(self.exp_avg_sq, out=self.denom), self.denom_views
         else:
             denom = self.exp_avg_sq.sqrt()
             denoms = [denom.view(self.params[0].shape)]
-        denom.add_(eps * bias_correction2_sqrt)  # sqrt(v_t) + eps sqrt(1 - beta2^t)
+        denom.add_(scalars.eps_hat)  # sqrt(v_t) + eps sqrt(1 - beta2^t)
         # theta_{t+1} = theta_t - lr mhat / (sqrt(vhat) + eps) = theta_t - step_size m_t / denom
-        torch._foreach_addcdiv_(self.params, self.exp_avg_views, denoms, -step_size)
+        torch._foreach_addcdiv_(self.params, self.exp_avg_views, denoms, -scalars.step_size)
         if direction is not None:
             # u_t = -lr dmhat/dbeta1 / (sqrt(vhat) + eps) = c_t w_t, the scalar c_t kept apart
             direction.div_(denom)
-            self.direction_scale = -step_size / (1.0 - product)
-        self.step, self.beta1_product = step, product
+        self.advance(scalars, with_direction)
+        return direction
+
+    def scalars(self, beta1: float) -> StepScalars:
+        """The scalars of the coming step t with beta1_t = `beta1` (double precision)."""
+        group = self.group
+        lr, beta2, weight_decay = float(group["lr"]), group["betas"][1], group["weight_decay"]
+        step = self.step + 1
+        product = self.beta1_product * beta1  # P_t
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+        decoupled = group["decoupled_weight_decay"]
+        return StepScalars(
+            beta1=beta1,
+            beta2=beta2,
+            step_size=lr * bias_correction2_sqrt / (1.0 - product),
+            eps_hat=group["eps"] * bias_correction2_sqrt,
+            grad_weight=1.0 - self.beta1_product,  # w_t = m_{t-1} - (1 - P_{t-1}) g_t
+            l2=0.0 if decoupled else weight_decay,
+            shrink=1.0 - lr * weight_decay if decoupled else 1.0,
+            step=step,
+            product=product,
+        )
+
+    def advance(self, scalars: StepScalars, with_direction: bool) -> None:
+        """Count the step just taken in the bucket and in the per-parameter states."""
+        if with_direction:
+            self.direction_scale = -scalars.step_size / (1.0 - scalars.product)
+        self.step, self.beta1_product = scalars.step, scalars.product
         for state in self.states:
-            state["step"], state["beta1_product"] = step, product
+            state["step"], state["beta1_product"] = scalars.step, scalars.product
             if self.online:
                 state[DIRECTION_SCALE] = self.direction_scale
-        return direction
 
 
 def direction_numerator(
