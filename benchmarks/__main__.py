@@ -1,13 +1,17 @@
 """Run every benchmark in turn (`make bench`): each module's main(), in a fresh process.
 
-    python -m benchmarks            # all of them; results in benchmarks/results/
-    python -m benchmarks --quick    # each one's smoke run (where it has one: see --list)
-    python -m benchmarks --list     # the benchmarks that would run, in order; runs nothing
+    python -m benchmarks                    # all of them; results in benchmarks/results/
+    python -m benchmarks step_scaling study_scaling   # only these, in this order
+    python -m benchmarks --quick            # each one's smoke run (where it has one: --list)
+    python -m benchmarks --list             # the benchmarks that would run; runs nothing
 
 A benchmark is a module of this package that defines `main` (found with pkgutil; `common` is
-the shared helpers). Each runs as `python -m benchmarks.NAME` in its own process: benchmarks
-set torch's thread count and measure peak memory, which must not carry over from one to the
-next. A failure is reported and the others still run; the exit status is 1 if any failed.
+the shared helpers, and `summary`, which builds the report, has none). Each runs as
+`python -m benchmarks.NAME` in its own process: benchmarks set torch's thread count and
+measure peak memory, which must not carry over from one to the next. A failure is reported
+and the others still run; the exit status is 1 if any failed. At the end
+results/SUMMARY.md is rebuilt from the JSON files (after a quick run too, which writes no
+JSON: the summary then shows the last full results).
 """
 
 from __future__ import annotations
@@ -90,13 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="benchmarks to run (default: all; see --list)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="pass --quick to every benchmark that has it"
     )
     parser.add_argument(
         "--list", action="store_true", help="print the benchmarks in running order and exit"
     )
     args = parser.parse_args(argv)
-    names = discover()
+    known = discover()
+    unknown = [name for name in args.names if name not in known]
+    if unknown:
+        parser.exit(2, f"unknown benchmark {unknown[0]!r}; valid: {', '.join(known)}\n")
+    names = list(dict.fromkeys(args.names)) or known
     if args.list:
         for name in names:
             print(name + ("" if takes_quick(name) else "  (no --quick: always full)"))
@@ -106,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    from benchmarks.summary import write
+
+    print(f"\nsummary: {write()}")
     if failed:
         print(f"\n{len(failed)} of {len(names)} benchmarks failed: {', '.join(failed)}")
         return 1

@@ -249,11 +249,6 @@ def test_a_file_system_error_mid_run_is_one_line(tmp, capsys, monkeypatch):
     assert "No space left on device" in err and "study.db" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mnist1d/train.py _load_checkpoint lets torch's UserWarning through to stderr and "
-    "repeats torch's advice to load with weights_only=False",
-)
 def test_a_pickle_that_is_no_checkpoint_is_one_line_without_unsafe_advice(tmp):
     import pickle
 

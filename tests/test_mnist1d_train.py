@@ -153,7 +153,7 @@ def test_checkpoint_of_another_config_or_split_is_refused(splits, tmp_path):
     with pytest.raises(RunError, match="another configuration"):
         train(TrainConfig("adam", lr=1e-3, epochs=1), splits.without_test(), checkpoint=path)
     path.write_bytes(b"garbage")
-    with pytest.raises(RunError, match="cannot read checkpoint"):
+    with pytest.raises(RunError, match="damaged or not an optimlab checkpoint"):
         train(TrainConfig("adam", lr=1e-3, epochs=1), splits, checkpoint=path)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,9 +171,11 @@ def make_step(config: TrainConfig, model: nn.Module, optimizer: Any) -> Step:
 
         return published_step
     lookahead = config.effective_meta_source is not None
+    params = list(model.parameters())
 
     def step(x: Tensor, y: Tensor, xm: Tensor | None, ym: Tensor | None) -> None:
-        optimizer.zero_grad(set_to_none=True)
+        for p in params:  # zero_grad(set_to_none=True) without its profiler bookkeeping
+            p.grad = None
         F.cross_entropy(model(x), y).backward()
         if lookahead:
             optimizer.step(meta_closure=lambda: F.cross_entropy(model(xm), ym))
@@ -343,9 +346,14 @@ def _save_checkpoint(path: str | Path, **content: Any) -> None:
 
 def _load_checkpoint(path: str | Path, key: dict[str, Any], device: torch.device) -> dict[str, Any]:
     try:
-        saved = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch's advice (weights_only=False) is unsafe here
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise RunError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+        raise RunError(
+            f"checkpoint {path} is damaged or not an optimlab checkpoint "
+            f"({type(exc).__name__}); delete it to restart that run from epoch 0"
+        ) from None
     if saved.get("format") != CHECKPOINT_FORMAT or saved.get("key") != key:
         raise RunError(
             f"checkpoint {path} was written for another configuration or split; "
