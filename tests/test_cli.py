@@ -1,3 +1,4 @@
+import argparse
 import subprocess
 import sys
 
@@ -29,3 +30,25 @@ def test_unknown_command_is_one_line_usage_error():
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+def test_an_error_raised_while_handling_ctrl_c_counts_as_the_interruption(capsys, monkeypatch):
+    """Ctrl-C inside a library call can surface as another error (Optuna's journal lock
+    release raises FileNotFoundError): the user still gets the resume hint and exit 130."""
+    from optimlab import cli
+    from optimlab.errors import interrupted
+
+    def broken(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise FileNotFoundError(2, "No such file or directory", "study.journal.lock") from None
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands.choices["status"].set_defaults(run=broken)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main(["status", "x"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; rerun the same command to resume." in err and "Traceback" not in err
+    assert not interrupted(FileNotFoundError()) and interrupted(KeyboardInterrupt())

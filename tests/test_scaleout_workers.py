@@ -1,7 +1,8 @@
 """Worker processes sharing one tuning study: exactly N finished trials in total, and a worker
 killed mid-trial has that trial failed and run again by another, on a journal file (this
 machine: the dead process is seen at once) and on PostgreSQL (another machine: only its
-heartbeat stops). Also the real command with `--workers 3` on a journal file.
+heartbeat stops). Also the real command with `--workers 2` on a journal file, which gives
+the numbers of one worker.
 
 Each worker is a separate process running this file as a script, with a synthetic training
 that sleeps a little per epoch, so a worker can be killed in the middle of a trial.
@@ -131,32 +132,43 @@ def wait_for_study(url: str, name: str, worker: subprocess.Popen) -> optuna.Stud
             time.sleep(0.05)
 
 
-def test_workers_option_runs_three_processes_on_a_journal_with_an_exact_budget(tmp_path):
-    out = tmp_path / "run"
-    args = ["--optimizers", "adam", "--trials", str(BUDGET), "--epochs", "2", "--seeds", "2"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "optimlab", "mnist1d", *args, "--workers", "3", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_workers_option_gives_the_numbers_of_one_worker(tmp_path):
+    """--workers 2 on a journal file: each tuning study is tuned by one worker at a time
+    (the two studies by different processes), final runs are shared, and summary.json and
+    every trial's value equal those of a run with one worker."""
+    args = ["--optimizers", "adam,sgd", "--trials", "4", "--epochs", "2", "--seeds", "2"]
+    outs = {n: tmp_path / f"workers{n}" for n in (1, 2)}
+    for n, out in outs.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "optimlab", "mnist1d", *args, "--workers", str(n)]
+            + ["--out", str(out)],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    out = outs[2]
     assert (out / "study.journal").exists() and not (out / "study.db").exists()
-    with open(out / "trials.csv", newline="") as f:
-        trials = list(csv.DictReader(f))
-    assert len(trials) == BUDGET and {t["state"] for t in trials} <= {"COMPLETE", "PRUNED"}
-    with open(out / "finals.csv", newline="") as f:
-        assert sorted(int(r["seed"]) for r in csv.DictReader(f)) == [1000, 1001]
+    summaries = [(o / "summary.json").read_text() for o in outs.values()]
+    assert summaries[0] == summaries[1]
+    values = []
+    for o in outs.values():
+        with open(o / "trials.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        values.append(sorted((r["optimizer"], r["number"], r["state"], r["value"]) for r in rows))
+    assert values[0] == values[1] and len(values[0]) == 8
     from optimlab.storage import open_storage
 
     storage = open_storage(f"journal:///{out}/study.journal")
-    workers = {
-        t.user_attrs["worker"].split(":")[1]
-        for name in optuna.get_all_study_names(storage)
-        for t in optuna.load_study(study_name=name, storage=storage).trials
-    }
-    assert len(workers) >= 2  # the processes really shared the study
+    tuners = {}
+    for name in optuna.get_all_study_names(storage):
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+        pids = {t.user_attrs["worker"].split(":")[1] for t in trials}
+        if name.endswith("-tune"):
+            assert len(pids) == 1  # one worker at a time: here one for the whole study
+            tuners[name] = pids.pop()
+    assert len(set(tuners.values())) == 2  # the two studies were tuned in parallel
 
 
 def _worker(url: str, name: str, index: int, remote: bool) -> None:

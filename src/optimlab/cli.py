@@ -19,7 +19,7 @@ import sys
 import traceback
 
 from optimlab import __version__
-from optimlab.errors import OptimlabError
+from optimlab.errors import OptimlabError, interrupted
 
 
 def _command_modules() -> list:
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"optimlab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # the file system refused mid-run (disk full, permissions, ...)
+        if interrupted(exc):
+            return _interrupted(args)
         if args.debug:
             traceback.print_exc()
         where = f": {exc.filename}" if exc.filename else ""
@@ -83,11 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except KeyboardInterrupt:
-        print(
-            f"\noptimlab {args.command}: interrupted; rerun the same command to resume.",
-            file=sys.stderr,
-        )
-        return 130
+        return _interrupted(args)
+
+
+def _interrupted(args) -> int:
+    print(
+        f"\noptimlab {args.command}: interrupted; rerun the same command to resume.",
+        file=sys.stderr,
+    )
+    return 130
 
 
 if __name__ == "__main__":

@@ -16,3 +16,15 @@ class UsageError(OptimlabError, ValueError):
 
 class RunError(OptimlabError, RuntimeError):
     exit_code = 1
+
+
+def interrupted(exc: BaseException | None) -> bool:
+    """Whether `exc` was raised while handling a Ctrl-C (anywhere in its chain): a library
+    call that Ctrl-C broke (e.g. Optuna's journal lock) counts as the interruption."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

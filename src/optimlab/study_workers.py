@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from optimlab.errors import OptimlabError, RunError, UsageError
+from optimlab.errors import OptimlabError, RunError, UsageError, interrupted
 from optimlab.study import CONFIG_ATTR, StudyConfig, final_study_name, tune_study_name
 
 Emit = Callable[[dict[str, Any]], None]
@@ -134,6 +134,8 @@ def _worker_main(
         events.put({"kind": "error", "error": type(exc)(str(exc))})
         raise SystemExit(1) from None
     except BaseException as exc:
+        if interrupted(exc):
+            raise SystemExit(130) from None
         traceback.print_exc()
         message = f"worker {index}: {type(exc).__name__}: {exc}".splitlines()[0]
         events.put({"kind": "error", "error": RunError(message)})
@@ -182,16 +184,54 @@ def run_worker(
 ) -> None:
     """One worker: every optimizer in turn, each until its tuning and final runs are done.
 
-    `worker` (0, 1, ... on this machine) offsets the seed of the tuning sampler, so workers
-    asking at the same time draw different points.
+    On a server (PostgreSQL, many machines) every worker joins every study; `worker` (0, 1,
+    ... on this machine) offsets the seed of the tuning sampler, so workers asking at the
+    same time draw different points. In a file store (one machine) each tuning study is
+    tuned by one worker at a time, under a lock next to the store, and the others take the
+    next free study: every study then proposes what a lone worker would, so any number of
+    workers gives the numbers of one. Final runs are shared (each is fixed by its seed).
     """
-    from optimlab.storage import open_storage
+    from optimlab.storage import file_path, open_storage
 
     storage = open_storage(
         url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period
     )
-    for optimizer in config.optimizers:
-        run_unit(config, storage, optimizer, worker, emit, checkpoints=checkpoints)
+    store = file_path(url)
+    if store is None:
+        for optimizer in config.optimizers:
+            run_unit(config, storage, optimizer, worker, emit, checkpoints=checkpoints)
+        return
+    run = config.run_name()
+    start = worker % len(config.optimizers)  # workers start on different studies
+    remaining = config.optimizers[start:] + config.optimizers[:start]
+    while remaining:
+        optimizer, lock = _claim_tuning(store, {o: tune_study_name(run, o) for o in remaining})
+        with lock:
+            tune_unit(config, storage, optimizer, 0, emit)
+        finals_unit(config, storage, optimizer, emit, checkpoints=checkpoints)
+        remaining.remove(optimizer)
+
+
+def _claim_tuning(store: Path, studies: dict[str, str]) -> tuple[str, Any]:
+    """The first optimizer whose tuning study (`studies[optimizer]`) no other worker is
+    tuning, with its held lock (an open file); when all are taken, wait for the first.
+    The kernel frees the lock of a worker that dies."""
+    import fcntl
+
+    def lock(study: str, flags: int) -> Any:
+        handle = open(store.with_name(f".{store.name}.{study}.lock"), "a")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, flags)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
+    for optimizer, study in studies.items():
+        if (handle := lock(study, fcntl.LOCK_EX | fcntl.LOCK_NB)) is not None:
+            return optimizer, handle
+    first = next(iter(studies))
+    return first, lock(studies[first], fcntl.LOCK_EX)
 
 
 def run_unit(
@@ -204,17 +244,19 @@ def run_unit(
     checkpoints: Path | None = None,
 ) -> None:
     """Tune `optimizer`, then run its best configuration on the final seeds."""
+    tune_unit(config, storage, optimizer, worker, emit)
+    finals_unit(config, storage, optimizer, emit, checkpoints=checkpoints)
+
+
+def tune_unit(config: StudyConfig, storage: Any, optimizer: str, worker: int, emit: Emit) -> None:
+    """Run `optimizer`'s tuning study until its budget is finished (joining other workers)."""
     import optuna
 
-    from optimlab.finals import run_finals
     from optimlab.tuning import make_pruner, make_sampler, tune
 
-    run = config.run_name()
-    splits = _splits(config.val_fraction, config.seed, config.device)
-    settings = config.train_settings()
     tuning = optuna.create_study(
         storage=storage,
-        study_name=tune_study_name(run, optimizer),
+        study_name=tune_study_name(config.run_name(), optimizer),
         sampler=make_sampler(config.seed),
         pruner=make_pruner(config.epochs),
         direction="minimize",
@@ -227,36 +269,59 @@ def run_unit(
             f"({'; '.join(changed)}); use the same options or another --study-name"
         )
     tuning.set_user_attr(CONFIG_ATTR, config.to_dict())  # for `optimlab report --storage`
-    finals = optuna.create_study(
-        storage=storage,
-        study_name=final_study_name(run, optimizer),
-        direction="minimize",
-        load_if_exists=True,
-    )
+    _final_study(config, storage, optimizer)  # both studies exist once work started
+    splits = _splits(config.val_fraction, config.seed, config.device)
     tune(
         tuning,
         optimizer=optimizer,
         trials=config.trials,
-        settings=settings,
+        settings=config.train_settings(),
         splits=splits.without_test(),
         seed=config.seed,
         worker=worker,
         emit=emit,
     )
-    best = best_trial(tuning)
+
+
+def finals_unit(
+    config: StudyConfig,
+    storage: Any,
+    optimizer: str,
+    emit: Emit,
+    *,
+    checkpoints: Path | None = None,
+) -> None:
+    """Run the best configuration of `optimizer`'s finished tuning on the final seeds."""
+    import optuna
+
+    from optimlab.finals import run_finals
+
+    name = tune_study_name(config.run_name(), optimizer)
+    best = best_trial(optuna.load_study(storage=storage, study_name=name))
     if best is None:  # every trial diverged or was pruned: nothing to run
         emit({"kind": "skip", "optimizer": optimizer})
         return
     run_finals(
-        finals,
+        _final_study(config, storage, optimizer),
         optimizer=optimizer,
         params=best.params,
         tuning_trial=best.number,
         seeds=config.final_seeds(),
-        settings=settings,
-        splits=splits,
+        settings=config.train_settings(),
+        splits=_splits(config.val_fraction, config.seed, config.device),
         emit=emit,
         checkpoints=checkpoints,
+    )
+
+
+def _final_study(config: StudyConfig, storage: Any, optimizer: str):
+    import optuna
+
+    return optuna.create_study(
+        storage=storage,
+        study_name=final_study_name(config.run_name(), optimizer),
+        direction="minimize",
+        load_if_exists=True,
     )
 
 
