@@ -2,10 +2,12 @@
 trials, against the MLP's hidden width, and seconds per trial against local workers.
 
 Each point is a real study (the workers of `optimlab mnist1d`, adam only, few epochs, one
-final seed) on a fresh storage in a temporary directory, run from this process (workers > 1
-start their own processes). Reported per point: the study's wall time (tuning and the final
-run; no report) and seconds per tuning trial (summed trial durations / trials; for the
-workers sweep also study wall time / trials, the rate the workers reach together).
+final seed; the workers sweep: adam and sgd, since on one machine each tuning study is tuned
+by one worker at a time) on a fresh storage in a temporary directory, run from this process
+(workers > 1 start their own processes). Reported per point: the study's wall time (tuning
+and the final run; no report) and seconds per tuning trial (summed trial durations /
+trials; for the workers sweep also study wall time / trials, the rate the workers reach
+together).
 Widths use the reference MLP (40 -> w -> w -> 10, residual second layer) registered under
 `mlp-w<width>` in this process; 100 is the reference model itself.
 
@@ -54,16 +56,24 @@ def width_model(width: int) -> str:
     return name
 
 
-def run_point(*, trials: int, epochs: int, model: str = "mlp", workers: int = 1) -> dict:
-    """One study of adam in a fresh directory: the workers' wall time (tuning and final
-    runs), and the trials' own durations from the storage. Not `run_study`: its config check
-    knows only the built-in models, and the report is not what is measured here."""
+def run_point(
+    *, trials: int, epochs: int, model: str = "mlp", workers: int = 1, optimizers=("adam",)
+) -> dict:
+    """One study in a fresh directory: the workers' wall time (tuning and final runs), and
+    the tuning trials' own durations from the storage, per trial of every optimizer. Not
+    `run_study`: its config check knows only the built-in models, and the report is not
+    what is measured here."""
     from optimlab.results import write_results
     from optimlab.study import StudyConfig
     from optimlab.study_workers import run_workers
 
     config = StudyConfig(
-        optimizers=["adam"], trials=trials, epochs=epochs, seeds=1, model=model, workers=workers
+        optimizers=list(optimizers),
+        trials=trials,
+        epochs=epochs,
+        seeds=1,
+        model=model,
+        workers=workers,
     )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
@@ -72,15 +82,17 @@ def run_point(*, trials: int, epochs: int, model: str = "mlp", workers: int = 1)
         run_workers(config, url, lambda event: None, checkpoints=run_dir / "checkpoints")
         study = time.perf_counter() - start
         timings = write_results(config, url, run_dir)
-    tuning = timings["per_optimizer"]["adam"]["tuning_trial_seconds"]
+    tuning = sum(timings["per_optimizer"][o]["tuning_trial_seconds"] for o in optimizers)
+    all_trials = trials * len(optimizers)
     return {
+        "optimizers": list(optimizers),
         "trials": trials,
         "epochs": epochs,
         "model": model,
         "workers": workers,
         "study_seconds": study,
-        "seconds_per_trial": tuning / trials,
-        "study_seconds_per_trial": study / trials,
+        "seconds_per_trial": tuning / all_trials,
+        "study_seconds_per_trial": study / all_trials,
     }
 
 
@@ -93,8 +105,9 @@ def sweep(sweep_: Sweep) -> dict[str, list[dict]]:
         ("width", {"trials": sweep_.width_trials, "epochs": sweep_.epochs, "width": w})
         for w in sweep_.widths
     ]
+    workers = {"trials": sweep_.worker_trials, "epochs": sweep_.worker_epochs}
     todo += [
-        ("workers", {"trials": sweep_.worker_trials, "epochs": sweep_.worker_epochs, "workers": n})
+        ("workers", {**workers, "workers": n, "optimizers": ("adam", "sgd")})
         for n in sweep_.workers
     ]
     for kind, kwargs in todo:
