@@ -11,6 +11,7 @@ the Optuna storage: rerunning the same command on the same directory resumes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -204,12 +205,15 @@ def _check(name: str, value: Any, ok, requirement: str) -> None:
 
 
 def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
-    """Create the run directory, or accept it to resume when it holds the same config.
+    """Create the run directory (config.json, the resume contract, and config.toml, the
+    resolved config to feed back with --config), or accept it to resume when it holds the
+    same config.
 
     Nothing is written before the storage has opened: a run refused for an unreachable
     server or a damaged file leaves no config.json behind that would then refuse the rerun
     with the corrected --storage as "a different config".
     """
+    from optimlab import config_file
     from optimlab.storage import open_storage
 
     saved_path = run_dir / "config.json"
@@ -240,6 +244,7 @@ def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
         "final_seeds": config.final_seeds(),
     }
     write_json(saved_path, {"config": current, "resolved": resolved})
+    config_file.write_study(run_dir / config_file.NAME, config)  # to feed back with --config
 
 
 def run_study(config: StudyConfig, run_dir: str | Path, *, quiet: bool = False) -> Path:
@@ -262,6 +267,8 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, quiet: bool = False) 
     with StudyProgress(config, quiet=quiet) as progress:
         run_workers(config, url, progress.emit, checkpoints=run_dir / CHECKPOINTS)
     seconds = time.perf_counter() - start
+    with contextlib.suppress(OSError):  # every final run was recorded: nothing to resume
+        (run_dir / CHECKPOINTS).rmdir()  # (only if empty: another run may still need it)
     timings = write_results(config, url, run_dir)
     write_json(run_dir / "timings.json", {"wall_seconds_this_invocation": seconds, **timings})
     return build_report(run_dir)

@@ -186,10 +186,11 @@ def run_worker(
 
     On a server (PostgreSQL, many machines) every worker joins every study; `worker` (0, 1,
     ... on this machine) offsets the seed of the tuning sampler, so workers asking at the
-    same time draw different points. In a file store (one machine) each tuning study is
-    tuned by one worker at a time, under a lock next to the store, and the others take the
-    next free study: every study then proposes what a lone worker would, so any number of
-    workers gives the numbers of one. Final runs are shared (each is fixed by its seed).
+    same time draw different points. In a file store (one machine) with several workers, each
+    tuning study is tuned by one worker at a time, under a lock next to the store, and the
+    others take the next free study: every study then proposes what a lone worker would, so
+    any number of workers gives the numbers of one. Final runs are shared (each is fixed by
+    its seed).
     """
     from optimlab.storage import file_path, open_storage
 
@@ -197,7 +198,7 @@ def run_worker(
         url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period
     )
     store = file_path(url)
-    if store is None:
+    if store is None or config.workers == 1:  # a server, or no other worker here
         for optimizer in config.optimizers:
             run_unit(config, storage, optimizer, worker, emit, checkpoints=checkpoints)
         return

@@ -170,13 +170,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from optimlab import config_file
-    from optimlab.study import prepare_run_dir, run_study
+    from optimlab.study import run_study
 
     config = study_config(args)
     out = args.out or default_out()
-    prepare_run_dir(config, out)  # refuses a different config before writing anything
-    config_file.write_study(out / config_file.NAME, config)
-    report = run_study(config, out)
+    report = run_study(config, out)  # refuses a different config before writing anything
     print(report)
     return 0
