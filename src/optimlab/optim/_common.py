@@ -129,3 +129,28 @@ def explain_compile_failures() -> Iterator[None]:
             f"compile=True: torch.compile failed ({type(error).__name__}: {first_line}); "
             f"{USE_EAGER}"
         ) from error
+
+
+def layout(tensors: Iterable[Tensor]) -> tuple[Any, ...]:
+    """What a compiled kernel is specialised to: each tensor's shape, strides, dtype, device."""
+    return tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+
+
+def compiled_once(
+    cache: dict[tuple[Any, ...], Callable[..., Any]], key: tuple[Any, ...], function: Callable
+) -> Callable[..., Any]:
+    """`function` through torch.compile, made at the first use of `key` (options and layout)
+    and kept in `cache` for the process. Each gets its own dynamo cache (isolate_recompiles),
+    so it compiles once, and many optimizers or models in one process stay clear of dynamo's
+    limit of 8 recompilations per cache (256 in all). Inductor's size asserts are off:
+    dynamo's guards already check every input's shape and strides, and the asserts cost a
+    third of the call on 100 inputs."""
+    if key not in cache:
+        cache[key] = torch.compile(
+            function,
+            fullgraph=True,
+            dynamic=False,
+            isolate_recompiles=True,
+            options={"size_asserts": False},
+        )
+    return cache[key]

@@ -27,8 +27,10 @@ from optimlab.optim._common import (
     check_compilable,
     check_lr,
     check_nonnegative,
+    compiled_once,
     evaluate,
     explain_compile_failures,
+    layout,
     new_step_counter,
     params_with_grad,
     use_foreach,
@@ -373,20 +375,7 @@ _COMPILED_GROUP_UPDATES: dict[tuple[Any, ...], Callable[..., None]] = {}
 def _compiled_adam_group(
     params: list[Tensor], amsgrad: bool, maximize: bool, decay: str
 ) -> Callable[..., None]:
-    """`_adam_group_update` compiled for these options and this layout of parameters (shapes,
-    strides, dtypes, devices), made at first use and kept for the process. Each gets its own
-    dynamo cache (isolate_recompiles), so it compiles once, and many optimizers or models in
-    one process stay clear of dynamo's limit of 8 recompilations per cache (256 in all).
-    Inductor's size asserts are off: dynamo's guards already check every input's shape and
-    strides, and the asserts cost a third of the call on 100 inputs."""
-    layout = tuple((p.shape, p.stride(), p.dtype, p.device) for p in params)
-    key = (amsgrad, maximize, decay, layout)
-    if key not in _COMPILED_GROUP_UPDATES:
-        _COMPILED_GROUP_UPDATES[key] = torch.compile(
-            _adam_group_update,
-            fullgraph=True,
-            dynamic=False,
-            isolate_recompiles=True,
-            options={"size_asserts": False},
-        )
-    return _COMPILED_GROUP_UPDATES[key]
+    """`_adam_group_update` compiled for these options and this layout of parameters, made
+    at first use and kept for the process (`_common.compiled_once`)."""
+    key = (amsgrad, maximize, decay, layout(params))
+    return compiled_once(_COMPILED_GROUP_UPDATES, key, _adam_group_update)

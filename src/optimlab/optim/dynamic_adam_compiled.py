@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim._common import explain_compile_failures
+from optimlab.optim._common import compiled_once, explain_compile_failures, layout
 from optimlab.optim.dynamic_adam_buckets import Bucket
 
 
@@ -200,19 +200,7 @@ _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 def _compiled(
     function: Callable[..., Any], options: tuple[Any, ...], buckets: list[Bucket]
 ) -> Callable[..., Any]:
-    """`function` compiled for these options and this layout of buckets (shapes, strides,
-    dtypes, devices), made at first use and kept for the process, with its own dynamo cache,
-    as Adam's kernels (optimlab.optim.adam._compiled_adam_group): one compile per layout."""
-    layout = tuple(
-        tuple((p.shape, p.stride(), p.dtype, p.device) for p in bucket.params) for bucket in buckets
-    )
-    key = (function.__name__, options, layout)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(
-            function,
-            fullgraph=True,
-            dynamic=False,
-            isolate_recompiles=True,
-            options={"size_asserts": False},
-        )
-    return _COMPILED[key]
+    """`function` compiled for these options and this layout of buckets, made at first use
+    and kept for the process, as Adam's kernels (`_common.compiled_once`)."""
+    key = (function.__name__, options, tuple(layout(bucket.params) for bucket in buckets))
+    return compiled_once(_COMPILED, key, function)
