@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 
 def _number(kind: type, check: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
@@ -48,3 +49,14 @@ def name_list(valid: list[str], what: str) -> Callable[[str], list[str]]:
         return names
 
     return parse
+
+
+CONFIG_HELP = (
+    "TOML file of settings (the keys are the options' names with _, and quick); options "
+    "given here win over it; DIR/config.toml is the resolved config of a run"
+)
+
+
+def add_config_option(parser: argparse.ArgumentParser, help: str = CONFIG_HELP) -> None:
+    """`--config FILE.toml` (read by `optimlab.config_file`)."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help=help)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from optimlab.commands._args import fraction_below_one, positive_int, seed
+from optimlab.commands._args import add_config_option, fraction_below_one, positive_int, seed
 from optimlab.mnist1d.variants import VARIANTS
 
 ORDER = 30
@@ -69,13 +69,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small budgets: 4 trials, 3 epochs, 2 seeds"
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML file of settings (the keys are the options' names with _, and quick); "
-        "options given here win over it; DIR/config.toml is the resolved config of a run",
-    )
+    add_config_option(parser)
 
 
 def add_scaleout_options(parser: argparse.ArgumentParser) -> None:

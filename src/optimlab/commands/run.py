@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from optimlab.commands._args import seed
+from optimlab.commands._args import add_config_option, seed
 from optimlab.commands.mnist1d import add_scaleout_options
 
 ORDER = 10
@@ -22,10 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="run directory (default: runs/<timestamp>)"
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
+    add_config_option(
+        parser,
         help="TOML file: top-level seed and quick for both parts, tables [surfaces] and "
         "[mnist1d] with each part's settings; options given here win over it; DIR/config.toml "
         "is the resolved config of a run",

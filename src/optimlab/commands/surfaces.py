@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from optimlab.commands._args import (
+    add_config_option,
     fraction_below_one,
     name_list,
     nonnegative_float,
@@ -86,13 +87,7 @@ def register(subparsers) -> None:
         help="output directory (default: runs/surfaces-<timestamp>); rerunning the same "
         "command into it resumes, a different config is refused",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML file of settings (the keys are the options' names with _, and quick); "
-        "options given here win over it; DIR/config.toml is the resolved config of a run",
-    )
+    add_config_option(parser)
     parser.add_argument(
         "--quick",
         action="store_true",
