@@ -156,8 +156,9 @@ def plot(points: dict[str, list[dict]]) -> None:
             ax.set_xticks(xs)
             ax.set_ylim(bottom=0)
         first = points[kind][0]
-        trials = "" if kind == "trials" else f", {first['trials']} trials"
-        ax.set_title(f"mnist1d study: adam, {first['epochs']} epochs{trials}", fontsize=9)
+        trials = "" if kind == "trials" else f", {first['trials']} trials each"
+        names = " + ".join(first.get("optimizers", ["adam"]))
+        ax.set_title(f"mnist1d study: {names}, {first['epochs']} epochs{trials}", fontsize=9)
         fig.tight_layout()
         savefig(fig, RESULTS / f"{name}.png", dpi=110)
         plt.close(fig)
