@@ -61,3 +61,16 @@ def test_remove_temporary_files_removes_only_interrupted_writes(tmp_path):
     assert remove_temporary_files(tmp_path) == 2
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stray)
     assert remove_temporary_files(tmp_path / "missing") == 0
+
+
+def test_remove_deletes_a_file_and_the_temporaries_of_its_killed_writes(tmp_path):
+    from optimlab.atomic import remove
+
+    target, other = tmp_path / "run.pt", tmp_path / "other.pt"
+    stray = [tmp_path / ".run.pt.a1b2.tmp", tmp_path / ".run.pt.zz.tmp"]
+    for path in [target, other, tmp_path / ".other.pt.q.tmp", *stray]:
+        path.write_text("x")
+    remove(target)
+    assert not target.exists() and not any(p.exists() for p in stray)
+    assert other.exists() and (tmp_path / ".other.pt.q.tmp").exists()
+    remove(target)  # already gone: nothing to do

@@ -57,6 +57,14 @@ def remove_temporary_files(directory: str | os.PathLike) -> int:
     return len(stray)
 
 
+def remove(path: str | os.PathLike) -> None:
+    """Delete `path` and any temporary that a killed `atomic_path` write of it left."""
+    path = Path(path)
+    for stray in path.parent.glob(f".{path.name}.*.tmp"):
+        stray.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

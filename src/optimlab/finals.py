@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optimlab import atomic
 from optimlab.mnist1d.data import Splits
 from optimlab.mnist1d.train import EpochMetrics, train
 from optimlab.storage import SURPLUS_ATTR, WORKER_ATTR, reclaim_dead_trials, worker_id
@@ -156,9 +157,7 @@ def _checkpoint(
     digest = hashlib.sha256(key(params).encode()).hexdigest()[:12]
     path = Path(directory) / f"{study}-{digest}-seed{seed}.pt"
     if remove:
-        for stray in path.parent.glob(f".{path.name}.*.tmp"):
-            stray.unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
+        atomic.remove(path)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
     return path
