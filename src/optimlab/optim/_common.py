@@ -5,6 +5,8 @@ Nothing here calls into torch.optim: only `torch.optim.Optimizer`, the base clas
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -140,17 +142,29 @@ def compiled_once(
     cache: dict[tuple[Any, ...], Callable[..., Any]], key: tuple[Any, ...], function: Callable
 ) -> Callable[..., Any]:
     """`function` through torch.compile, made at the first use of `key` (options and layout)
-    and kept in `cache` for the process. Each gets its own dynamo cache (isolate_recompiles),
-    so it compiles once, and many optimizers or models in one process stay clear of dynamo's
-    limit of 8 recompilations per cache (256 in all). Inductor's size asserts are off:
-    dynamo's guards already check every input's shape and strides, and the asserts cost a
-    third of the call on 100 inputs."""
+    and kept in `cache` for the process. Each gets a copy of `function` with its own code
+    object, and so its own dynamo cache (dynamo keeps one per code object; torch 2.12's
+    `isolate_recompiles=True` does the same, but this works on older torch too): it compiles
+    once, and many optimizers or models in one process stay clear of dynamo's limit of 8
+    recompilations per cache. Inductor's size asserts are off: dynamo's guards already check
+    every input's shape and strides, and the asserts cost a third of the call on 100 inputs."""
     if key not in cache:
         cache[key] = torch.compile(
-            function,
+            _with_own_code(function),
             fullgraph=True,
             dynamic=False,
-            isolate_recompiles=True,
             options={"size_asserts": False},
         )
     return cache[key]
+
+
+def _with_own_code(function: Callable) -> Callable:
+    own = types.FunctionType(
+        function.__code__.replace(),  # equal, but a new object
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    own.__kwdefaults__ = function.__kwdefaults__
+    return functools.update_wrapper(own, function)
