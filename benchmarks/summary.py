@@ -101,6 +101,22 @@ def optimizer_compile(data: dict) -> tuple[list[str], list[Check]]:
     return markdown_table(header, rows), checks
 
 
+def cuda_step(data: dict) -> tuple[list[str], list[Check]]:
+    """GPU figures: no targets (issue 8's are for the 2-core CPU)."""
+    sizes = data["sizes"]
+    names = list(next(iter(sizes.values()))["timings"])
+    rows = [
+        [n]
+        + [
+            f"{_ms(s['timings'][n]['median_ms'])} ms ({_x(s['timings'][n]['vs_fused'])})"
+            for s in sizes.values()
+        ]
+        for n in names
+    ]
+    header = [f"step on {data.get('device', 'a GPU')} (ratio to torch fused)", *sizes]
+    return markdown_table(header, rows), []
+
+
 def training_step(data: dict) -> tuple[list[str], list[Check]]:
     models = data["models"]
     methods = list(next(iter(models.values()))["timings"])
@@ -213,6 +229,7 @@ def study_scaling(data: dict) -> tuple[list[str], list[Check]]:
 SECTIONS: dict[str, Callable[[dict], tuple[list[str], list[Check]]]] = {
     "optimizer_step": optimizer_step,
     "optimizer_compile": optimizer_compile,
+    "cuda_step": cuda_step,
     "step_scaling": step_scaling,
     "training_step": training_step,
     "surfaces_speed": surfaces_speed,

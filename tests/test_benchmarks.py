@@ -118,6 +118,15 @@ def test_summary_tables_and_verdicts_come_from_the_json(summary, tmp_path):
     assert "broken" not in text  # unreadable JSON is skipped, not fatal
 
 
+def test_gpu_figures_are_tabled_without_targets(summary):
+    timing = {"median_ms": 0.5, "vs_fused": 2.0, "compile_s": None}
+    data = {"device": "Some GPU", "sizes": {"10M": {"params": 10**7, "timings": {"x": timing}}}}
+    text = summary.build({"cuda_step": data})
+    assert "| step on Some GPU (ratio to torch fused) | 10M |" in text
+    assert "| x | 0.500 ms (2.00x) |" in text
+    assert "0 of 0 met" in text
+
+
 def test_a_malformed_or_unknown_result_gets_a_line_not_a_crash(summary):
     text = summary.build({"study_speed": {"runs": {"x": {}}}, "mystery": {"a": 1}})
     assert "could not summarise study_speed.json" in text
