@@ -223,13 +223,15 @@ class DynamicAdam(Optimizer):
             moments = _read([torch.stack(chunk_moments(g)) for g in grads], plan)
             mean, var = combine_moments(plan.counts, moments[0::2], moments[1::2])
         features = [slog_value(mean), slog_value(var)]
-        if not all(map(math.isfinite, features)):
+        if not (math.isfinite(features[0]) and math.isfinite(features[1])):
             raise FloatingPointError(
                 f"DynamicAdam: the gradient is not finite (gate input {features}); "
                 "parameters, moments and gate were left unchanged"
             )
-        dots = zip(buckets, values[2::3], strict=True) if plan.online else ()
-        return features, sum(bucket.direction_scale * dot for bucket, dot in dots)  # u = c w
+        if not plan.online:
+            return features, 0.0
+        dots = zip(buckets, values[2::3], strict=True)  # <g_t, w_{t-1}>, u_{t-1} = c w_{t-1}
+        return features, sum([bucket.direction_scale * dot for bucket, dot in dots])
 
     def _beta1(self, x: Tensor, tensors: GateTensors | None) -> float:
         """beta1_t = lo + (hi - lo) * sigmoid(gate(x_t)); the standard gate keeps its

@@ -73,6 +73,7 @@ class Bucket:
                 self.rows[2].copy_(self.direction)
             self.direction = self.rows[2]  # online: w; lookahead: scratch for w
             self.moment_rows = self.rows if online else self.rows[:2]
+            self.sums = self.rows.new_empty(len(self.moment_rows))  # moment_rows @ g_t
             self.denom = self.exp_avg.new_empty(self.numel)  # scratch
             self.denom_views = self.views(self.denom)
         self.exp_avg_views = self.views(self.exp_avg)
@@ -138,7 +139,7 @@ class Bucket:
         """[sum(g_t), sum(g_t^2)] and, online, <w_{t-1}, g_t> (u_{t-1} = c w_{t-1}), as one
         tensor."""
         if self.packed:
-            return torch.mv(self.moment_rows, grad)
+            return torch.mv(self.moment_rows, grad, out=self.sums)
         sums = [grad.sum(), torch.dot(grad, grad)]
         if self.online:
             sums.append(torch.dot(grad, self.direction))
@@ -207,10 +208,11 @@ class Bucket:
         if with_direction:
             self.direction_scale = -scalars.step_size / (1.0 - scalars.product)
         self.step, self.beta1_product = scalars.step, scalars.product
+        counts = {"step": scalars.step, "beta1_product": scalars.product}
+        if self.online:
+            counts[DIRECTION_SCALE] = self.direction_scale
         for state in self.states:
-            state["step"], state["beta1_product"] = scalars.step, scalars.product
-            if self.online:
-                state[DIRECTION_SCALE] = self.direction_scale
+            state.update(counts)
 
 
 def direction_numerator(
@@ -238,7 +240,7 @@ class Plan:
     ahead). It stays valid while the same parameters have a gradient at every step."""
 
     def __init__(self, param_groups: list[dict[str, Any]], state: Any, online: bool) -> None:
-        self.masks = [[p.grad is not None for p in g["params"]] for g in param_groups]
+        self.masks = _gradient_masks(param_groups)
         self.gradless: list[Tensor] = []  # parameters with state but no gradient this step
         self.buckets: list[Bucket] = []
         self.online, self.installed = online, False
@@ -255,10 +257,7 @@ class Plan:
 
     def matches(self, param_groups: list[dict[str, Any]]) -> bool:
         """Whether exactly the parameters of this plan have a gradient now."""
-        return len(param_groups) == len(self.masks) and all(
-            [p.grad is not None for p in group["params"]] == mask
-            for group, mask in zip(param_groups, self.masks, strict=False)
-        )
+        return _gradient_masks(param_groups) == self.masks
 
     def install(self, state: Any) -> None:
         """Make the buckets' views the optimizer's per-parameter state."""
@@ -270,6 +269,11 @@ class Plan:
                 state[param].pop(DIRECTION, None)
                 state[param].pop(DIRECTION_SCALE, None)
         self.installed = True
+
+
+def _gradient_masks(param_groups: list[dict[str, Any]]) -> list[list[bool]]:
+    """Which parameters have a gradient, group by group."""
+    return [[p.grad is not None for p in group["params"]] for group in param_groups]
 
 
 def _buckets(group: dict[str, Any], params: list[Tensor], state: Any, online: bool) -> list[Bucket]:

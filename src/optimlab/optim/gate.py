@@ -191,7 +191,7 @@ def _new_tensors(first: nn.Linear, last: nn.Linear) -> GateTensors:
 def gate_forward(tensors: GateTensors, x: Tensor) -> float:
     """s = sigmoid(w2 . h + b2) with h = tanh(W1 x + b1) written into tensors.head: the forward
     of the standard gate in three calls, without the cost of four nn.Module calls."""
-    torch.tanh(torch.addmv(tensors.b1, tensors.w1, x), out=tensors.head)
+    torch.addmv(tensors.b1, tensors.w1, x, out=tensors.head).tanh_()
     return sigmoid(torch.dot(tensors.last, tensors.hidden).item())  # [w2, b2] . [h, 1]
 
 
@@ -263,22 +263,26 @@ class GateAdam:
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), eps
         self.steps = 0
         phi = gate.flat()
-        self.exp_avg, self.exp_avg_sq = torch.zeros_like(phi), torch.zeros_like(phi)
+        self._set_moments(torch.zeros_like(phi), torch.zeros_like(phi))
+
+    def _set_moments(self, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
+        """The moments, and a scratch tensor like them for the update's denominator."""
+        self.exp_avg, self.exp_avg_sq = exp_avg, exp_avg_sq
+        self.denom = torch.empty_like(exp_avg_sq)
 
     def step(self) -> None:
-        """One Adam step of phi with the gradient in gate.phi_grad."""
+        """One Adam step of phi with the gradient g in gate.phi_grad, the bias corrections
+        folded into scalars: phi -= lr sqrt(1 - beta2^t) / (1 - beta1^t) m_t / denom_t,
+        denom_t = sqrt(v_t) + eps sqrt(1 - beta2^t) (written into the scratch tensor)."""
         self.steps += 1
-        phi = self.gate.flat()
-        adam_update_(
-            phi,
-            self.gate.phi_grad,
-            self.exp_avg,
-            self.exp_avg_sq,
-            step=self.steps,
-            lr=self.lr,
-            betas=self.betas,
-            eps=self.eps,
-        )
+        (beta1, beta2), t = self.betas, self.steps
+        phi, grad = self.gate.flat(), self.gate.phi_grad
+        exp_avg, exp_avg_sq = self.exp_avg, self.exp_avg_sq
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
+        denom = torch.sqrt(exp_avg_sq, out=self.denom).add_(self.eps * bias_correction2_sqrt)
+        phi.addcdiv_(exp_avg, denom, value=-self.lr * bias_correction2_sqrt / (1.0 - beta1**t))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -302,7 +306,7 @@ class GateAdam:
         self.lr, self.eps = float(state_dict["lr"]), float(state_dict["eps"])
         self.betas = (float(state_dict["betas"][0]), float(state_dict["betas"][1]))
         self.steps = int(state_dict["step"])
-        self.exp_avg, self.exp_avg_sq = (m.to(phi, copy=True) for m in moments)
+        self._set_moments(*(m.to(phi, copy=True) for m in moments))
 
 
 def _flat_adam_state(state_dict: dict[str, Any], gate: Gate) -> dict[str, Any]:
@@ -323,24 +327,3 @@ def _flat_adam_state(state_dict: dict[str, Any], gate: Gate) -> dict[str, Any]:
         "step": step,
         **moments,
     }
-
-
-def adam_update_(
-    param: Tensor,
-    grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    *,
-    step: int,
-    lr: float,
-    betas: tuple[float, float],
-    eps: float,
-) -> None:
-    """Adam's update of one tensor, in place, the bias corrections folded into scalars:
-    theta -= lr / (1 - beta1^t) * m_t / (sqrt(v_t) / sqrt(1 - beta2^t) + eps)."""
-    beta1, beta2 = betas
-    exp_avg.lerp_(grad, 1.0 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
-    denom = exp_avg_sq.sqrt().add_(eps * bias_correction2_sqrt)
-    param.addcdiv_(exp_avg, denom, value=-lr * bias_correction2_sqrt / (1.0 - beta1**step))
