@@ -35,6 +35,7 @@ from benchmarks.optimizer_compile import (
     Size,
     dynamic_step,
     median_ratio,
+    parameter_sets,
 )
 
 Step = Callable[[], object]
@@ -79,18 +80,7 @@ def synchronised(step: Step) -> float:
 
 
 def time_size(size: Size, device: torch.device) -> dict[str, Timing]:
-    data = torch.Generator(device).manual_seed(0)
-
-    def tensors(scale: float) -> list[torch.Tensor]:
-        shape = (size.numel_per_tensor,)
-        return [torch.randn(shape, generator=data, device=device) * scale for _ in range(20)]
-
-    sets = []
-    for _ in range(SETS):
-        params = [v.requires_grad_() for v in tensors(1.0)]
-        for p, g in zip(params, tensors(1e-2), strict=True):
-            p.grad = g
-        sets.append((params, tensors(1e-2)))
+    sets = parameter_sets(size, SETS, torch.Generator(device).manual_seed(0))
     steps: dict[str, list[Step]] = {}
     compile_s: dict[str, float | None] = {}
     for name, (make, _) in VARIANTS.items():

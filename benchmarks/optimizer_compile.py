@@ -212,22 +212,33 @@ def dynamic_step(variant: DynamicVariant, params: list[torch.Tensor], meta: list
     return lambda: optimizer.step(meta_closure=lambda: PrecomputedMetaLoss.apply(meta, *params))
 
 
-def time_dynamic(size: Size, runs: int) -> dict[str, DynamicTiming]:
-    """DynamicAdam's step time at `size` against torch's fused Adam: `runs` blocks of rounds,
-    the variants in a fresh random order each round, each taking turns on DYNAMIC_SETS sets of
-    parameters, gradients and meta gradients (every variant has its own state on each)."""
-    data = torch.Generator().manual_seed(1)
+def parameter_sets(
+    size: Size, count: int, data: torch.Generator
+) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """`count` sets of random parameters (with gradients) and meta gradients at `size`, on
+    the generator's device."""
 
     def tensors(scale: float) -> list[torch.Tensor]:
         shape = (size.numel_per_tensor,)
-        return [torch.randn(shape, generator=data) * scale for _ in range(size.tensors)]
+        return [
+            torch.randn(shape, generator=data, device=data.device) * scale
+            for _ in range(size.tensors)
+        ]
 
     sets = []
-    for _ in range(DYNAMIC_SETS):
+    for _ in range(count):
         params = [v.requires_grad_() for v in tensors(1.0)]
         for p, g in zip(params, tensors(1e-2), strict=True):
             p.grad = g
         sets.append((params, tensors(1e-2)))
+    return sets
+
+
+def time_dynamic(size: Size, runs: int) -> dict[str, DynamicTiming]:
+    """DynamicAdam's step time at `size` against torch's fused Adam: `runs` blocks of rounds,
+    the variants in a fresh random order each round, each taking turns on DYNAMIC_SETS sets of
+    parameters, gradients and meta gradients (every variant has its own state on each)."""
+    sets = parameter_sets(size, DYNAMIC_SETS, torch.Generator().manual_seed(1))
     names = [FUSED_ADAM, *DYNAMIC_VARIANTS]
     steps: dict[str, list[Callable[[], object]]] = {}
     compile_s = {}

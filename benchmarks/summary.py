@@ -55,17 +55,23 @@ def _x(x: float) -> str:
     return f"{x:.2f}x"
 
 
-def optimizer_step(data: dict) -> tuple[list[str], list[Check]]:
-    sizes = data["sizes"]
+def size_rows(sizes: dict, ratio: str) -> Table:
+    """A row per timed variant: its time and ratio (the `ratio` key) at each size."""
     names = list(next(iter(sizes.values()))["timings"])
-    rows = [
+    return [
         [n]
         + [
-            f"{_ms(s['timings'][n]['median_ms'])} ms ({_x(s['timings'][n]['ratio'])})"
+            f"{_ms(s['timings'][n]['median_ms'])} ms ({_x(s['timings'][n][ratio])})"
             for s in sizes.values()
+            if n in s["timings"]
         ]
         for n in names
     ]
+
+
+def optimizer_step(data: dict) -> tuple[list[str], list[Check]]:
+    sizes = data["sizes"]
+    rows = size_rows(sizes, "ratio")
     checks = [
         check(
             f"Adam optimlab default / {data['reference']} at {label}",
@@ -81,16 +87,7 @@ def optimizer_step(data: dict) -> tuple[list[str], list[Check]]:
 
 def optimizer_compile(data: dict) -> tuple[list[str], list[Check]]:
     sizes = data["sizes"]
-    names = list(next(iter(sizes.values()))["timings"])
-    rows = [
-        [n]
-        + [
-            f"{_ms(s['timings'][n]['median_ms'])} ms ({_x(s['timings'][n]['vs_fused'])})"
-            for s in sizes.values()
-            if n in s["timings"]
-        ]
-        for n in names
-    ]
+    rows = size_rows(sizes, "vs_fused")
     head = sizes.get(data.get("headline", "10M"), {}).get("timings", {})
     checks = [
         check(f"{n} / torch fused at {data.get('headline', '10M')}", head[n]["vs_fused"], "<=", 1.1)
@@ -104,15 +101,7 @@ def optimizer_compile(data: dict) -> tuple[list[str], list[Check]]:
 def cuda_step(data: dict) -> tuple[list[str], list[Check]]:
     """GPU figures: no targets (issue 8's are for the 2-core CPU)."""
     sizes = data["sizes"]
-    names = list(next(iter(sizes.values()))["timings"])
-    rows = [
-        [n]
-        + [
-            f"{_ms(s['timings'][n]['median_ms'])} ms ({_x(s['timings'][n]['vs_fused'])})"
-            for s in sizes.values()
-        ]
-        for n in names
-    ]
+    rows = size_rows(sizes, "vs_fused")
     header = [f"step on {data.get('device', 'a GPU')} (ratio to torch fused)", *sizes]
     return markdown_table(header, rows), []
 
