@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from optimlab.errors import UsageError
 from optimlab.study import StudyConfig, final_study_name, prepare_run_dir, tune_study_name
@@ -49,6 +50,12 @@ def test_from_dict_rejects_bad_values_naming_the_key(data, key):
         StudyConfig.from_dict(data)
     assert "\n" not in str(exc.value)
     assert "pw" not in str(exc.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_says_so():
+    with pytest.raises(UsageError, match="^device cuda:1 requested but CUDA is not available"):
+        StudyConfig(optimizers=["adam"], device="cuda:1").validate()
 
 
 def test_round_trip_through_dict():

@@ -101,7 +101,9 @@ class StudyConfig:
         _check("model", self.model, lambda v: v in MODELS, f"one of {', '.join(MODELS)}")
         sources = " or ".join(variants.META_SOURCES)
         _check("meta_source", self.meta_source, _meta_source, f"{sources} (or none)")
-        _check("device", self.device, _device, "cpu, or cuda where CUDA is available")
+        _check("device", self.device, _device_name, "cpu, cuda or cuda:N")
+        if self.device != "cpu" and not _cuda_available():
+            raise UsageError(f"device {self.device} requested but CUDA is not available here")
         _check("study_name", self.study_name, _optional_name, "a name of letters, digits, -_.")
         if self.storage is not None:
             _check("storage", self.storage, lambda v: isinstance(v, str), "a URL")
@@ -184,11 +186,11 @@ def _meta_source(value: Any) -> bool:
     return value is None or value in variants.META_SOURCES
 
 
-def _device(value: Any) -> bool:
-    if value == "cpu":
-        return True
-    if not isinstance(value, str) or not (value == "cuda" or value.startswith("cuda:")):
-        return False
+def _device_name(value: Any) -> bool:
+    return isinstance(value, str) and (value in ("cpu", "cuda") or value.startswith("cuda:"))
+
+
+def _cuda_available() -> bool:
     import torch  # checked before the run directory is written, not at the first trial
 
     return torch.cuda.is_available()
