@@ -31,7 +31,7 @@ FILES = [
     "optimization_history.png",
     "param_importances.png",
     "beta1.png",
-    "study.db",
+    "study.journal",
 ]
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 
 import optuna
 import pytest
@@ -62,9 +63,38 @@ def test_embedded_stores_persist_trials(tmp_path, kind):
     assert [t.value for t in again.trials] == [t.value for t in study.trials]
 
 
-def test_default_store():
-    assert storage.default_url("/r", processes=1) == "sqlite:////r/study.db"
-    assert storage.default_url("/r", processes=2) == "journal:////r/study.journal"
+def test_default_store_is_a_journal_but_an_older_run_keeps_its_sqlite_file(tmp_path):
+    assert storage.default_url(tmp_path) == f"journal:///{tmp_path}/study.journal"
+    (tmp_path / "study.db").touch()  # a run directory from before the journal default
+    assert storage.default_url(tmp_path) == f"sqlite:///{tmp_path}/study.db"
+    (tmp_path / "study.journal").touch()
+    assert storage.default_url(tmp_path) == f"journal:///{tmp_path}/study.journal"
+
+
+def test_a_killed_journal_writer_leaves_no_lock_behind(tmp_path):
+    """The kernel frees the flock of a dead holder: the next writer does not wait."""
+    journal = tmp_path / "study.journal"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(journal)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    lock, acquired = storage.JournalLock(journal), threading.Event()
+    threading.Thread(target=lambda: (lock.acquire(), acquired.set()), daemon=True).start()
+    assert not acquired.wait(0.5)  # held by the other process
+    holder.kill()
+    holder.wait()
+    assert acquired.wait(5.0)
+    lock.release()
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from optimlab.storage import JournalLock
+JournalLock(Path(sys.argv[1])).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def test_unreachable_server_error_never_shows_the_password():

@@ -104,12 +104,41 @@ def file_path(url: str) -> Path | None:
     return Path(url.split(":///", 1)[1])
 
 
-def default_url(run_dir: str | os.PathLike, *, processes: int = 1) -> str:
-    """The embedded store of a run directory: SQLite for one process, a journal for several."""
+def default_url(run_dir: str | os.PathLike) -> str:
+    """The embedded store of a run directory: an Optuna journal file, study.journal, which
+    any number of processes on this machine share (and faster than SQLite for one: 2.5 s of
+    the claim's 32 s). A run directory made before the journal was the default keeps its
+    SQLite study.db, so that it resumes."""
     run_dir = Path(run_dir).resolve()
-    if processes > 1:
-        return f"journal:///{run_dir / 'study.journal'}"
-    return f"sqlite:///{run_dir / 'study.db'}"
+    journal, legacy = run_dir / "study.journal", run_dir / "study.db"
+    if legacy.exists() and not journal.exists():
+        return f"sqlite:///{legacy}"
+    return f"journal:///{journal}"
+
+
+class JournalLock:
+    """The write lock of a journal file as an flock on `.NAME.lock` beside it (Optuna's
+    BaseJournalFileLock interface): the kernel releases it when its holder dies, so a writer
+    killed while appending leaves no stale lock behind (Optuna's own file locks make the next
+    writer wait out a 30 s grace period). For journals on a local disk, as the file stores
+    of one machine are."""
+
+    def __init__(self, journal: Path) -> None:
+        self.path = journal.with_name(f".{journal.name}.lock")
+        self._handle: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            os.close(handle)  # closing the descriptor releases the flock
 
 
 def open_storage(
@@ -129,8 +158,9 @@ def open_storage(
         if kind == "journal":
             path = file_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend = JournalFileBackend(str(path))
-            _repair_journal(path, backend)
+            lock = JournalLock(path)
+            backend = JournalFileBackend(str(path), lock_obj=lock)
+            _repair_journal(path, lock)
             return optuna.storages.JournalStorage(backend)
         if kind == "sqlite":
             path = file_path(url)
@@ -169,7 +199,7 @@ def _hint(kind: str, exc: Exception) -> str:
     )
 
 
-def _repair_journal(path: Path, backend) -> None:
+def _repair_journal(path: Path, lock: JournalLock) -> None:
     """Make a journal file safe to append to, or fail with a RunError saying what is wrong.
 
     A process killed while appending can leave a last record without its newline: Optuna
@@ -179,12 +209,11 @@ def _repair_journal(path: Path, backend) -> None:
     damage, not a kill: Optuna would ignore it until the next append, so it is refused here
     (damage further up makes Optuna's replay fail, translated by `open_storage`).
     """
-    from optuna.storages.journal._file import get_lock_file
-
     if not path.exists():
         return
     if _tail(path)[0] < path.stat().st_size:
-        with get_lock_file(backend._lock):
+        lock.acquire()
+        try:
             end, size = _tail(path)[0], path.stat().st_size
             if end < size:
                 os.truncate(path, end)
@@ -193,6 +222,8 @@ def _repair_journal(path: Path, backend) -> None:
                     f"({size - end} bytes, left by a killed process)",
                     file=sys.stderr,
                 )
+        finally:
+            lock.release()
     _, line = _tail(path)
     try:
         record = json.loads(line) if line.strip() else {"op_code": None}
