@@ -60,7 +60,8 @@ class StudyConfig:
     storage: str | None = None  # Optuna storage URL; None: study.journal in the run
     study_name: str | None = None  # prefix of the Optuna study names; None: from the config
     device: str = "cpu"
-    # Worker processes on this machine, all sharing every study (1: reproducible proposals).
+    # Worker processes on this machine. With a file store each tuning study is tuned by one
+    # worker at a time, so any number gives one worker's results; on PostgreSQL they share.
     workers: int = 1
     threads: int = 1  # torch threads per process
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds (PostgreSQL heartbeats)
