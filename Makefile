@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TORCH  := torch==2.13.0
 OUT    ?=
+WORKERS ?=
 
 .PHONY: setup run test test-fast lint bench clean
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m optimlab run $(if $(OUT),--out $(OUT))
+	$(PY) -m optimlab run $(if $(OUT),--out $(OUT)) $(if $(WORKERS),--workers $(WORKERS))
 
 test: setup
 	$(PY) -m pytest -n 2 -q

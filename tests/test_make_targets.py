@@ -66,6 +66,28 @@ def test_a_failure_is_reported_the_others_still_run_and_the_exit_status_is_1(mon
     assert bench.main([]) == 0 and len(calls) == len(bench.discover())
 
 
+def test_make_run_passes_out_and_workers_on():
+    def dry_run(*assignments: str) -> str:
+        proc = subprocess.run(
+            ["make", "-n", "-o", "setup", "run", *assignments],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip().splitlines()[-1]
+
+    assert dry_run().split()[-2:] == ["optimlab", "run"]
+    assert dry_run("OUT=runs/x", "WORKERS=2").split()[-5:] == [
+        "run",
+        "--out",
+        "runs/x",
+        "--workers",
+        "2",
+    ]
+
+
 def test_make_targets_named_in_pyproject_exist():
     named = re.findall(r"`make ([\w-]+)`", (ROOT / "pyproject.toml").read_text())
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.MULTILINE))
