@@ -62,16 +62,22 @@ def run(args: argparse.Namespace) -> int:
     from optimlab import config_file
     from optimlab.atomic import ensure_output_dir
     from optimlab.commands.mnist1d import default_out
+    from optimlab.errors import OptimlabError
     from optimlab.report.runs import report_any
     from optimlab.study import prepare_run_dir, run_study
     from optimlab.surfaces.bench import claim_out
 
     surfaces, study = run_configs(args)  # both validated before any work starts
     out = args.out or default_out()
+    created = not out.exists()
     ensure_output_dir(out)
-    # Each part refuses a different config before anything runs; a finished part is kept.
-    claim_out(out / "surfaces", **surfaces.benchmark_kwargs(), create=False)
-    prepare_run_dir(study, out / "mnist1d")
+    try:  # each part refuses a different config before anything runs; a finished part is kept
+        claim_out(out / "surfaces", **surfaces.benchmark_kwargs(), create=False)
+        prepare_run_dir(study, out / "mnist1d")
+    except OptimlabError:  # e.g. an unreachable storage server: leave no empty --out behind
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
     config_file.write_run(out / config_file.NAME, surfaces, study)
     run_surfaces(out / "surfaces", surfaces)
     run_study(study, out / "mnist1d")
