@@ -1,6 +1,7 @@
 """StudyConfig: validation naming the bad key, stable study names, run directory rules."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -105,6 +106,7 @@ def test_run_dir_rules(tmp_path):
     assert saved["resolved"]["run_name"] == config.run_name()
     assert saved["resolved"]["storage"].endswith("study.journal")
     prepare_run_dir(config, empty)  # same config: resume
+    prepare_run_dir(replace(config, workers=2, grace_period=30), empty)  # execution only
     with pytest.raises(UsageError, match=r"different config \(trials: 2 there, 3 now\)"):
         prepare_run_dir(StudyConfig(optimizers=["adam"], trials=3, workers=1), empty)
     busy = tmp_path / "busy"

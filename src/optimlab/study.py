@@ -207,6 +207,11 @@ def _check(name: str, value: Any, ok, requirement: str) -> None:
         raise UsageError(f"config key {name!r}: expected {requirement}, got {value!r}")
 
 
+# How a run is carried out, not what it computes: a run may resume with other values (local
+# workers give one worker's results; heartbeats only decide when a dead trial runs again).
+EXECUTION = ("workers", "heartbeat_interval", "grace_period")
+
+
 def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
     """Create the run directory (config.json, the resume contract, and config.toml, the
     resolved config to feed back with --config), or accept it to resume when it holds the
@@ -223,7 +228,8 @@ def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
     current = config.to_dict()
     if saved_path.exists():
         saved = _read_config(saved_path, hint="; use another --out")
-        changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        keys = sorted((set(saved) | set(current)) - set(EXECUTION))
+        changed = [k for k in keys if saved.get(k) != current.get(k)]
         if changed:
             differences = "; ".join(
                 f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in changed
