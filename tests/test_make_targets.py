@@ -69,14 +69,14 @@ def test_a_failure_is_reported_the_others_still_run_and_the_exit_status_is_1(mon
 def test_make_run_passes_out_and_workers_on():
     def dry_run(*assignments: str) -> str:
         proc = subprocess.run(
-            ["make", "-n", "-o", "setup", "run", *assignments],
+            ["make", "--no-print-directory", "-n", "-o", "setup", "run", *assignments],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip().splitlines()[-1]
+        return next(line for line in proc.stdout.splitlines() if "-m optimlab run" in line)
 
     assert dry_run().split()[-2:] == ["optimlab", "run"]
     assert dry_run("OUT=runs/x", "WORKERS=2").split()[-5:] == [
