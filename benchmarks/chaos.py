@@ -50,7 +50,7 @@ def command(args: list[str], out: Path) -> list[str]:
 
 
 def environment() -> dict[str, str]:
-    """This environment without $OPTIMLAB_STORAGE: every run keeps its own study.journal."""
+    """This environment without $OPTIMLAB_STORAGE: every run keeps its own study.db."""
     return {k: v for k, v in os.environ.items() if k != "OPTIMLAB_STORAGE"}
 
 
@@ -105,7 +105,7 @@ def _run_info(run_dir: Path) -> tuple[dict[str, Any], str, str]:
 
     saved = json.loads((run_dir / "config.json").read_text())
     config = saved["config"]
-    url = config["storage"] or default_url(run_dir)
+    url = config["storage"] or default_url(run_dir, processes=config["workers"])
     return config, saved["resolved"]["run_name"], url
 
 

@@ -5,7 +5,7 @@ as the real command in a fresh process and directory, alternating 1, 2, 2, 1, ..
 load from other processes falls on both alike. Reported: the fastest and the median wall
 time of each (from start to exit, and the study's own wall clock from timings.json) and their
 ratios; other jobs only ever add time, so the fastest runs are the cleanest. Two workers
-share every study through the run directory's journal file, as one does. The machine's load
+share every study through a journal file; one worker uses study.db. The machine's load
 average is recorded too: a second worker only helps when a core is free.
 
     python -m benchmarks.workers_speed           # 2 rounds (~2 minutes on 2 cores)

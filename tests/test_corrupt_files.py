@@ -133,10 +133,10 @@ def test_the_cli_rerun_with_a_corrected_storage_runs(tmp_path, capsys):
 def test_resuming_a_run_whose_embedded_store_is_damaged_fails_at_once(tmp_path, capsys):
     config = StudyConfig(optimizers=["adam"], trials=1, epochs=1, seeds=1)
     prepare_run_dir(config, tmp_path / "run")
-    (tmp_path / "run" / "study.journal").write_bytes(b"garbage\n" * 100)
+    (tmp_path / "run" / "study.db").write_bytes(b"\x00" * 4096)
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert run_main(["mnist1d", *TINY, "--out", str(tmp_path / "run")]) == 1
-    assert "study.journal" in one_line(capsys.readouterr().err)
+    assert "study.db" in one_line(capsys.readouterr().err)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
 
 

@@ -237,10 +237,8 @@ def test_results_from_the_storage_leave_surplus_trials_out(tmp_path):
 
     config = StudyConfig(optimizers=["adam"], trials=2, epochs=1, seeds=1, study_name="x")
     run_study(config, tmp_path / "run", quiet=True)
-    url = f"journal:///{tmp_path / 'run' / 'study.journal'}"
-    study = optuna.load_study(
-        study_name=tune_study_name("x", "adam"), storage=storage.open_storage(url)
-    )
+    url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    study = optuna.load_study(study_name=tune_study_name("x", "adam"), storage=url)
     beyond = study.ask()
     beyond.set_user_attr(storage.SURPLUS_ATTR, True)
     study.tell(beyond, state=TrialState.FAIL)

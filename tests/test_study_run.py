@@ -31,7 +31,7 @@ FILES = [
     "optimization_history.png",
     "param_importances.png",
     "beta1.png",
-    "study.journal",
+    "study.db",
 ]
 
 
@@ -156,29 +156,6 @@ def test_rerun_resumes_without_new_work(tiny_run, monkeypatch):
     before = (tiny_run / "summary.json").read_bytes()
     run_study(TINY, tiny_run, quiet=True)
     assert (tiny_run / "summary.json").read_bytes() == before
-
-
-def test_a_run_directory_from_before_the_journal_default_resumes_from_its_study_db(
-    tmp_path, monkeypatch
-):
-    """Runs made when SQLite was the default store (config.json with no storage, study.db
-    beside it) resume from that file: nothing trains again, no journal appears."""
-    config = StudyConfig(optimizers=["adam"], trials=2, epochs=1, seeds=1, workers=1)
-    old = tmp_path / "old"
-    run_study(replace(config, storage=f"sqlite:///{old / 'study.db'}"), old, quiet=True)
-    saved = json.loads((old / "config.json").read_text())
-    saved["config"]["storage"] = None  # as the older default wrote it
-    (old / "config.json").write_text(json.dumps(saved))
-    before = (old / "summary.json").read_bytes()
-
-    def no_training(*args, **kw):
-        raise AssertionError("a finished study must not train again")
-
-    monkeypatch.setattr(tuning, "train", no_training)
-    monkeypatch.setattr(finals, "train", no_training)
-    run_study(config, old, quiet=True)
-    assert (old / "summary.json").read_bytes() == before
-    assert not (old / "study.journal").exists()
 
 
 def test_interrupted_run_resumes_to_the_same_results(tiny_run, tmp_path, monkeypatch):

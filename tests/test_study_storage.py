@@ -63,12 +63,9 @@ def test_embedded_stores_persist_trials(tmp_path, kind):
     assert [t.value for t in again.trials] == [t.value for t in study.trials]
 
 
-def test_default_store_is_a_journal_but_an_older_run_keeps_its_sqlite_file(tmp_path):
-    assert storage.default_url(tmp_path) == f"journal:///{tmp_path}/study.journal"
-    (tmp_path / "study.db").touch()  # a run directory from before the journal default
-    assert storage.default_url(tmp_path) == f"sqlite:///{tmp_path}/study.db"
-    (tmp_path / "study.journal").touch()
-    assert storage.default_url(tmp_path) == f"journal:///{tmp_path}/study.journal"
+def test_default_store():
+    assert storage.default_url("/r", processes=1) == "sqlite:////r/study.db"
+    assert storage.default_url("/r", processes=2) == "journal:////r/study.journal"
 
 
 def test_a_killed_journal_writer_leaves_no_lock_behind(tmp_path):

@@ -57,7 +57,7 @@ class StudyConfig:
     val_fraction: float = 0.2  # of the official 4000 training examples
     meta_source: str | None = None  # overrides the lookahead variants' meta batches
     seed: int = 0  # data split, tuning sampler and tuning runs; finals use seed + 1000 + i
-    storage: str | None = None  # Optuna storage URL; None: study.journal in the run
+    storage: str | None = None  # Optuna storage URL; None: study.db / study.journal in the run
     study_name: str | None = None  # prefix of the Optuna study names; None: from the config
     device: str = "cpu"
     # Worker processes on this machine. With a file store each tuning study is tuned by one
@@ -164,7 +164,7 @@ class StudyConfig:
 
     def storage_url(self, run_dir: Path) -> str:
         """The storage URL: the explicit one, else the run directory's embedded store."""
-        return self.storage or default_url(run_dir)
+        return self.storage or default_url(run_dir, processes=self.workers)
 
 
 def tune_study_name(run: str, optimizer: str) -> str:

@@ -79,8 +79,8 @@ def add_scaleout_options(parser: argparse.ArgumentParser) -> None:
         type=storage_url,
         metavar="URL",
         help="sqlite:///PATH, journal:///PATH or postgresql://USER:PASSWORD@HOST/DB "
-        "(default: $OPTIMLAB_STORAGE, else study.journal in the run directory). Workers on "
-        "other machines join with the same options",
+        "(default: $OPTIMLAB_STORAGE, else study.db in the run directory, or study.journal "
+        "with several workers). Workers on other machines join with the same options",
     )
     parser.add_argument(
         "--study-name",

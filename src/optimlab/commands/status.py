@@ -58,13 +58,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def storage_of(run_dir: Path) -> str:
-    """The storage URL of a run directory: its embedded store (study.journal, or an older
-    run's study.db), else the storage its config.json names."""
+    """The storage URL of a run directory: its study.db or study.journal."""
     from optimlab.errors import UsageError
-    from optimlab.storage import default_url
 
-    if (run_dir / "study.journal").exists() or (run_dir / "study.db").exists():
-        return default_url(run_dir)
+    for name, scheme in (("study.db", "sqlite"), ("study.journal", "journal")):
+        if (run_dir / name).exists():
+            return f"{scheme}:///{(run_dir / name).resolve()}"
     config = run_dir / "config.json"
     if config.exists():
         try:
