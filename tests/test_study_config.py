@@ -106,7 +106,9 @@ def test_run_dir_rules(tmp_path):
     assert saved["resolved"]["run_name"] == config.run_name()
     assert saved["resolved"]["storage"].endswith("study.db")
     prepare_run_dir(config, empty)  # same config: resume
-    prepare_run_dir(replace(config, workers=2, grace_period=30), empty)  # execution only
+    prepare_run_dir(replace(config, heartbeat_interval=3, grace_period=30), empty)
+    with pytest.raises(UsageError, match=r"different config \(workers: 1 there, 2 now\)"):
+        prepare_run_dir(replace(config, workers=2), empty)  # another default store
     with pytest.raises(UsageError, match=r"different config \(trials: 2 there, 3 now\)"):
         prepare_run_dir(StudyConfig(optimizers=["adam"], trials=3, workers=1), empty)
     busy = tmp_path / "busy"

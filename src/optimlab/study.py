@@ -207,9 +207,10 @@ def _check(name: str, value: Any, ok, requirement: str) -> None:
         raise UsageError(f"config key {name!r}: expected {requirement}, got {value!r}")
 
 
-# How a run is carried out, not what it computes: a run may resume with other values (local
-# workers give one worker's results; heartbeats only decide when a dead trial runs again).
-EXECUTION = ("workers", "heartbeat_interval", "grace_period")
+# How a run is carried out, not what it computes: a run may resume with other values
+# (heartbeats only decide when a dead trial runs again). Not `workers`: one worker's default
+# store is study.db, several workers' study.journal.
+EXECUTION = ("heartbeat_interval", "grace_period")
 
 
 def prepare_run_dir(config: StudyConfig, run_dir: Path) -> None:
